@@ -7,9 +7,13 @@
 //! moebox to reproduce its token ids exactly.
 //!
 //! Randomness: each [`Sampler`] owns a ChaCha8 generator (`rand_chacha::ChaCha8Rng`) seeded with
-//! `SeedableRng::seed_from_u64(seed)`. A sampled (non-greedy) step draws exactly one `u64` from it;
-//! greedy steps draw nothing. So the same seed, parameters, prompt and sequence of logits always
-//! give the same tokens.
+//! `SeedableRng::seed_from_u64(seed)`. A sampled (non-greedy) step draws exactly one `u64` from
+//! it (none when every candidate logit is `-inf`); greedy steps draw nothing. So the same seed,
+//! parameters, prompt and sequence of logits always give the same tokens.
+//!
+//! Speed: a 200k vocabulary is never fully sorted. Top-k keeps a bounded heap, top-p finds its
+//! cut from a histogram and sorts one band, the softmax numerators come from a vectorisable
+//! `exp`, and the draw walks one block of 256 tokens. Scratch buffers live in the sampler.
 
 use std::cmp::Ordering;
 use std::collections::hash_map::RandomState;
@@ -105,15 +109,19 @@ impl SamplingParams {
 /// range and the value given.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SamplingError {
-    #[error("`temperature` must be between 0 and 2, got {0}")]
+    #[error("`temperature` must be between {MIN_TEMPERATURE} and {MAX_TEMPERATURE}, got {0}")]
     Temperature(f32),
     #[error("`top_p` must be greater than 0 and at most 1, got {0}")]
     TopP(f32),
     #[error("`repetition_penalty` must be a finite number greater than 0, got {0}")]
     RepetitionPenalty(f32),
-    #[error("`presence_penalty` must be between -2 and 2, got {0}")]
+    #[error(
+        "`presence_penalty` must be between {MIN_OPENAI_PENALTY} and {MAX_OPENAI_PENALTY}, got {0}"
+    )]
     PresencePenalty(f32),
-    #[error("`frequency_penalty` must be between -2 and 2, got {0}")]
+    #[error(
+        "`frequency_penalty` must be between {MIN_OPENAI_PENALTY} and {MAX_OPENAI_PENALTY}, got {0}"
+    )]
     FrequencyPenalty(f32),
 }
 
@@ -243,9 +251,21 @@ impl Sampler {
 
     /// Temperature, top-k, top-p, softmax and one draw. `logits` holds no NaN here.
     fn draw(&mut self, logits: &[f32]) -> u32 {
-        let Ok(vocab) = u32::try_from(logits.len()) else {
-            // More than 2^32 tokens cannot be addressed by a u32 id; no real model gets here.
+        if !self.prepare_candidates(logits) {
             return argmax(logits);
+        }
+        // 53 random bits → uniform in [0, 1).
+        let uniform = (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+        let position = self.scratch.draw_position(uniform);
+        self.scratch.token_at(position)
+    }
+
+    /// Leaves the candidates of the draw and their softmax numerators in `scratch`, after
+    /// top-k, temperature and top-p. False when there is nothing to draw from: every
+    /// candidate is `-inf` (or the vocabulary does not fit u32 ids).
+    fn prepare_candidates(&mut self, logits: &[f32]) -> bool {
+        let Ok(vocab) = u32::try_from(logits.len()) else {
+            return false;
         };
         let s = &mut self.scratch;
         let top_k = self.params.top_k;
@@ -258,7 +278,7 @@ impl Sampler {
             lane_max(logits)
         };
         if max == f32::NEG_INFINITY {
-            return argmax(logits);
+            return false;
         }
 
         let scale = Scale {
@@ -288,11 +308,7 @@ impl Sampler {
         if top_p {
             s.keep_nucleus(logits, f64::from(self.params.top_p));
         }
-
-        // 53 random bits → uniform in [0, 1).
-        let uniform = (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-        let position = s.draw_position(uniform);
-        s.token_at(position)
+        true
     }
 }
 
@@ -432,7 +448,8 @@ impl Scratch {
         // Whole bands above the cut stay, in candidate order, compacted in place (`kept` never
         // passes `position`); the cut band is set aside.
         boundary.clear();
-        if *all_tokens {
+        let identity = *all_tokens;
+        if identity {
             candidates.clear();
         }
         let mut kept = 0;
@@ -441,7 +458,7 @@ impl Scratch {
             if band > cut_band {
                 continue;
             }
-            let token = if *all_tokens {
+            let token = if identity {
                 u32::try_from(position).unwrap_or(0)
             } else {
                 candidates[position]
@@ -450,7 +467,7 @@ impl Scratch {
             if band == cut_band {
                 boundary.push((token, weight));
             } else {
-                if *all_tokens {
+                if identity {
                     candidates.push(token);
                 } else {
                     candidates[kept] = token;
@@ -1088,6 +1105,159 @@ mod tests {
         };
         let mut s = Sampler::new(p, &[5, 1_000_000]).expect("valid params");
         assert_eq!(s.sample(&mut [0.0, 1.0]), 1);
+    }
+
+    /// The candidate set the sampler would draw from, sorted by id.
+    fn support(s: &mut Sampler, logits: &[f32]) -> Vec<u32> {
+        assert!(s.prepare_candidates(logits));
+        let scratch = &s.scratch;
+        let mut ids: Vec<u32> = (0..scratch.weights.len())
+            .filter(|&i| scratch.weights[i] > 0.0)
+            .map(|i| scratch.token_at(i))
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Straightforward top-k then top-p by a full sort, in f64.
+    fn reference_support(logits: &[f32], t: f32, top_k: usize, top_p: f64) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        order.sort_by(|&a, &b| rank(logits, a, b));
+        if top_k > 0 {
+            order.truncate(top_k);
+        }
+        let max = logits[order[0] as usize] as f64;
+        let w: Vec<f64> = order
+            .iter()
+            .map(|&i| ((logits[i as usize] as f64 - max) / t as f64).exp())
+            .collect();
+        let total: f64 = w.iter().sum();
+        let mut above = 0.0;
+        let mut kept = Vec::new();
+        for (&i, &wi) in order.iter().zip(&w) {
+            if above / total >= top_p {
+                break;
+            }
+            above += wi;
+            kept.push(i);
+        }
+        kept.sort_unstable();
+        kept
+    }
+
+    fn random_logits(seed: u64, n: usize, spread: f32, integer: bool) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| {
+                let u = (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+                let v = (u - 0.5) * spread;
+                if integer { v.round() } else { v }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn top_k_matches_a_full_sort_with_ties() {
+        for (seed, n, k) in [(1, 1000, 10), (2, 1000, 999), (3, 5000, 300), (4, 64, 1)] {
+            let logits = random_logits(seed, n, 20.0, true);
+            let mut s = sampler(params(1.0, k, 1.0, seed));
+            // top_k alone keeps exactly k tokens; the weights of far ones may round to 0.
+            assert!(s.prepare_candidates(&logits));
+            let mut got: Vec<u32> = s.scratch.candidates.clone();
+            got.sort_unstable();
+            assert_eq!(
+                got,
+                reference_support(&logits, 1.0, k as usize, 1.0),
+                "k={k}"
+            );
+        }
+    }
+
+    #[test]
+    fn top_p_matches_a_full_sort() {
+        let cases = [
+            (11, 200_000, 12.0, false, 1.0, 0.9),
+            (12, 200_000, 30.0, false, 0.7, 0.95),
+            (13, 200_000, 8.0, false, 1.5, 0.5),
+            (14, 50_000, 10.0, true, 1.0, 0.8),
+            (15, 3000, 40.0, false, 0.2, 0.99),
+            (16, 200_000, 12.0, false, 1.0, 0.999),
+        ];
+        for (seed, n, spread, integer, t, p) in cases {
+            let logits = random_logits(seed, n, spread, integer);
+            let mut s = sampler(params(t, 0, p, seed));
+            let got = support(&mut s, &logits);
+            let want = reference_support(&logits, t, 0, f64::from(p));
+            assert_eq!(got.len(), want.len(), "seed {seed}");
+            assert_eq!(got, want, "seed {seed}");
+        }
+        // With top-k first.
+        let logits = random_logits(17, 100_000, 12.0, false);
+        let mut s = sampler(params(0.8, 5000, 0.7, 17));
+        assert_eq!(
+            support(&mut s, &logits),
+            reference_support(&logits, 0.8, 5000, f64::from(0.7f32))
+        );
+    }
+
+    #[test]
+    fn draw_crosses_blocks() {
+        // Only two finite tokens, far apart in a long row: about half each.
+        let mut logits = vec![f32::NEG_INFINITY; 10_000];
+        logits[3] = 0.5;
+        logits[9_001] = 0.5;
+        let mut s = sampler(params(1.0, 0, 1.0, 61));
+        let counts = histogram(&mut s, &logits, 4000);
+        assert_eq!(counts[3] + counts[9_001], 4000);
+        assert!((1800..2200).contains(&counts[3]), "{}", counts[3]);
+        // A single finite token at the very end.
+        let mut logits = vec![f32::NEG_INFINITY; 1000];
+        logits[999] = -5.0;
+        let mut s = sampler(params(0.3, 0, 0.9, 62));
+        assert_eq!(histogram(&mut s, &logits, 50)[999], 50);
+    }
+
+    #[test]
+    fn large_vocabulary_distribution_matches_softmax() {
+        // 1000 tokens in three groups; the draw must follow the group masses.
+        let mut logits = vec![-1.0f32; 1000];
+        logits[100..150].fill(2.0);
+        logits[700..710].fill(3.0);
+        let draws = 20_000;
+        let mut s = sampler(params(1.0, 0, 1.0, 63));
+        let counts = histogram(&mut s, &logits, draws);
+        let mass = [
+            940.0 * (-1.0f64).exp(),
+            50.0 * 2.0f64.exp(),
+            10.0 * 3.0f64.exp(),
+        ];
+        let total: f64 = mass.iter().sum();
+        let got = [
+            counts.iter().sum::<usize>()
+                - counts[100..150].iter().sum::<usize>()
+                - counts[700..710].iter().sum::<usize>(),
+            counts[100..150].iter().sum(),
+            counts[700..710].iter().sum(),
+        ];
+        for i in 0..3 {
+            let got = got[i] as f64 / draws as f64;
+            assert!((got - mass[i] / total).abs() < 0.015, "{i}: {got}");
+        }
+    }
+
+    #[test]
+    fn exp_f32_is_accurate() {
+        let mut worst = 0.0f64;
+        let steps = 1_000_000;
+        for i in 0..=steps {
+            let x = NEGLIGIBLE_SCALED_LOGIT * i as f32 / steps as f32;
+            let want = f64::from(x).exp();
+            let got = f64::from(exp_f32(x));
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(-0.0), 1.0);
     }
 
     #[test]
