@@ -6,8 +6,10 @@
 //!
 //! When a piece completes a stop sequence, every stop found in the not-yet-emitted text counts
 //! and the one whose match starts first wins. Generation ends at the first piece that completes
-//! any stop: with stops `"abcd"` and `"bc"`, the text `"abc"` stops at `"bc"` even though more
-//! text could have completed `"abcd"` one character earlier.
+//! any stop, so with stops `"abcd"` and `"bc"` the piece `"abc"` stops at `"bc"` (emitting
+//! `"a"`) without waiting to see whether a `"d"` would complete `"abcd"`, which starts earlier;
+//! the pieces `"ab"`, `"cd"` stop at `"abcd"` instead. Which stop wins can thus depend on how
+//! the text is split into tokens; what is emitted never contains a stop string.
 
 /// OpenAI accepts at most this many stop sequences.
 pub const MAX_STOP_SEQUENCES: usize = 4;

@@ -178,10 +178,9 @@ def render(source, bos, eos, messages, add_generation_prompt):
             eos_token=eos,
         )
         return {"output": rendered[0]}
-    except jinja2.exceptions.TemplateError as e:
-        # raise_exception raises exactly TemplateError; Jinja's own errors are subclasses.
-        return {"error": {"type": type(e).__name__, "message": str(e)}}
-    except Exception as e:  # TypeError and friends from inside the template
+    except Exception as e:
+        # raise_exception raises exactly jinja2's TemplateError; Jinja's own errors
+        # (UndefinedError, SecurityError) are subclasses, and Python's (TypeError) are not.
         return {"error": {"type": type(e).__name__, "message": str(e)}}
 
 
