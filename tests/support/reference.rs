@@ -34,7 +34,11 @@ pub fn reference_python() -> PathBuf {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let python = stdout.lines().last().unwrap_or_default().trim().to_owned();
-    assert!(!python.is_empty(), "{} printed no python path", script.display());
+    assert!(
+        !python.is_empty(),
+        "{} printed no python path",
+        script.display()
+    );
     PathBuf::from(python)
 }
 

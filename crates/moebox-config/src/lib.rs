@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/moebox/moebox.toml";
 
 /// Where the image installs the ONNX Runtime library (`onnxruntime.library`).
-pub const DEFAULT_ONNXRUNTIME_LIBRARY: &str = "/usr/lib/moebox/onnxruntime/libonnxruntime.so.1.31.1";
+pub const DEFAULT_ONNXRUNTIME_LIBRARY: &str =
+    "/usr/lib/moebox/onnxruntime/libonnxruntime.so.1.31.1";
 /// The ONNX Runtime version the engine is built and tested against.
 pub const ONNXRUNTIME_VERSION: &str = "1.31.1";
 /// Environment variable that overrides `onnxruntime.library` when the key is not set.
@@ -131,11 +132,10 @@ pub enum CudnnConvAlgoSearch {
 /// A mistake in the configuration, with the dotted path of the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{origin}: invalid TOML: {message}")]
     Syntax { origin: String, message: String },
@@ -164,24 +164,23 @@ impl Config {
             origin: origin.to_owned(),
             message: e.message().to_owned(),
         })?;
-        let config: Config =
-            serde_path_to_error::deserialize(deserializer).map_err(|e| {
-                let key = e.path().to_string();
-                let message = e.inner().message().to_owned();
-                ConfigError::Invalid {
-                    origin: origin.to_owned(),
-                    key,
-                    message,
-                }
-            })?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.inner().message().to_owned();
+            ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key,
+                message,
+            }
+        })?;
         config.validate(origin)?;
         Ok(config)
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         Self::from_toml_str(&text, &path.display().to_string())
     }
@@ -194,18 +193,24 @@ impl Config {
             message,
         };
         if self.engine.max_tokens == 0 {
-            return Err(invalid("engine.max_tokens", "must be at least 1, got 0".to_owned()));
+            return Err(invalid(
+                "engine.max_tokens",
+                "must be at least 1, got 0".to_owned(),
+            ));
         }
         if self.engine.model.as_os_str().is_empty() {
-            return Err(invalid("engine.model", "must name a model folder".to_owned()));
+            return Err(invalid(
+                "engine.model",
+                "must name a model folder".to_owned(),
+            ));
         }
-        if let Some(library) = &self.onnxruntime.library {
-            if library.as_os_str().is_empty() {
-                return Err(invalid(
-                    "onnxruntime.library",
-                    "must be a path to libonnxruntime.so, or be left out".to_owned(),
-                ));
-            }
+        if let Some(library) = &self.onnxruntime.library
+            && library.as_os_str().is_empty()
+        {
+            return Err(invalid(
+                "onnxruntime.library",
+                "must be a path to libonnxruntime.so, or be left out".to_owned(),
+            ));
         }
         Ok(())
     }
@@ -225,7 +230,10 @@ mod tests {
         let config = Config::from_toml_str("", "<test>").expect("empty config is valid");
         assert_eq!(config, Config::default());
         assert_eq!(config.engine.max_tokens, DEFAULT_MAX_TOKENS);
-        assert_eq!(config.engine.execution_provider, ExecutionProviderKind::Cuda);
+        assert_eq!(
+            config.engine.execution_provider,
+            ExecutionProviderKind::Cuda
+        );
     }
 
     #[test]
@@ -242,7 +250,11 @@ mod tests {
         let err = Config::from_toml_str("[engine]\nmax_tokens = \"many\"\n", "moebox.toml")
             .expect_err("string for integer must be rejected");
         assert_eq!(err.key(), Some("engine.max_tokens"));
-        assert!(err.to_string().starts_with("moebox.toml: key `engine.max_tokens`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("moebox.toml: key `engine.max_tokens`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -272,6 +284,9 @@ mod tests {
         config.engine.execution_provider = ExecutionProviderKind::Cpu;
         config.onnxruntime.library = Some(PathBuf::from("/opt/ort/libonnxruntime.so"));
         let text = config.to_toml_string();
-        assert_eq!(Config::from_toml_str(&text, "<roundtrip>").expect("parses"), config);
+        assert_eq!(
+            Config::from_toml_str(&text, "<roundtrip>").expect("parses"),
+            config
+        );
     }
 }

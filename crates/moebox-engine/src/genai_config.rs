@@ -65,11 +65,10 @@ pub struct SearchDefaults {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenaiConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: not a valid genai_config.json: {message}")]
     Parse { path: PathBuf, message: String },
@@ -208,9 +207,9 @@ impl ModelSpec {
     /// Reads `genai_config.json` from a model folder.
     pub fn from_model_dir(dir: &Path) -> Result<Self, GenaiConfigError> {
         let path = dir.join("genai_config.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| GenaiConfigError::Read {
+        let text = std::fs::read_to_string(&path).map_err(|cause| GenaiConfigError::Read {
             path: path.clone(),
-            source,
+            cause,
         })?;
         Self::parse(&text, &path)
     }
@@ -249,10 +248,15 @@ impl ModelSpec {
         }
         let layers = decoder.num_hidden_layers;
         if layers == 0 {
-            return Err(unsupported("model.decoder.num_hidden_layers", "must be at least 1".into()));
+            return Err(unsupported(
+                "model.decoder.num_hidden_layers",
+                "must be at least 1".into(),
+            ));
         }
         if decoder.num_key_value_heads == 0
-            || decoder.num_attention_heads % decoder.num_key_value_heads != 0
+            || !decoder
+                .num_attention_heads
+                .is_multiple_of(decoder.num_key_value_heads)
         {
             return Err(unsupported(
                 "model.decoder.num_key_value_heads",
@@ -263,7 +267,10 @@ impl ModelSpec {
             ));
         }
         if decoder.head_size == 0 {
-            return Err(unsupported("model.decoder.head_size", "must be at least 1".into()));
+            return Err(unsupported(
+                "model.decoder.head_size",
+                "must be at least 1".into(),
+            ));
         }
         if model.vocab_size == 0 {
             return Err(unsupported("model.vocab_size", "must be at least 1".into()));
@@ -287,18 +294,35 @@ impl ModelSpec {
             input_ids: decoder.inputs.input_ids,
             attention_mask: decoder.inputs.attention_mask,
             position_ids: decoder.inputs.position_ids,
-            past_key: per_layer(&decoder.inputs.past_key_names, layers)
-                .ok_or_else(|| pattern_error("model.decoder.inputs.past_key_names", &decoder.inputs.past_key_names))?,
+            past_key: per_layer(&decoder.inputs.past_key_names, layers).ok_or_else(|| {
+                pattern_error(
+                    "model.decoder.inputs.past_key_names",
+                    &decoder.inputs.past_key_names,
+                )
+            })?,
             past_value: per_layer(&decoder.inputs.past_value_names, layers).ok_or_else(|| {
-                pattern_error("model.decoder.inputs.past_value_names", &decoder.inputs.past_value_names)
+                pattern_error(
+                    "model.decoder.inputs.past_value_names",
+                    &decoder.inputs.past_value_names,
+                )
             })?,
             logits: decoder.outputs.logits,
-            present_key: per_layer(&decoder.outputs.present_key_names, layers).ok_or_else(|| {
-                pattern_error("model.decoder.outputs.present_key_names", &decoder.outputs.present_key_names)
-            })?,
-            present_value: per_layer(&decoder.outputs.present_value_names, layers).ok_or_else(|| {
-                pattern_error("model.decoder.outputs.present_value_names", &decoder.outputs.present_value_names)
-            })?,
+            present_key: per_layer(&decoder.outputs.present_key_names, layers).ok_or_else(
+                || {
+                    pattern_error(
+                        "model.decoder.outputs.present_key_names",
+                        &decoder.outputs.present_key_names,
+                    )
+                },
+            )?,
+            present_value: per_layer(&decoder.outputs.present_value_names, layers).ok_or_else(
+                || {
+                    pattern_error(
+                        "model.decoder.outputs.present_value_names",
+                        &decoder.outputs.present_value_names,
+                    )
+                },
+            )?,
         };
         let sliding_window = match decoder.sliding_window {
             Some(window) if window.window_size > 0 => {
@@ -327,12 +351,20 @@ impl ModelSpec {
         {
             return Err(unsupported(
                 "model.eos_token_id",
-                format!("token id {bad} is outside the vocabulary of {}", model.vocab_size),
+                format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    model.vocab_size
+                ),
             ));
         }
         let provider_names = decoder
             .session_options
-            .map(|o| o.provider_options.into_iter().flat_map(|m| m.into_iter().map(|(k, _)| k)).collect())
+            .map(|o| {
+                o.provider_options
+                    .into_iter()
+                    .flat_map(|m| m.into_iter().map(|(k, _)| k))
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Self {
             model_type: model.model_type,
@@ -406,14 +438,16 @@ mod tests {
 
     #[test]
     fn vision_models_are_refused_by_key() {
-        let text = edited(|v| v["model"]["vision"] = serde_json::json!({"filename": "vision.onnx"}));
+        let text =
+            edited(|v| v["model"]["vision"] = serde_json::json!({"filename": "vision.onnx"}));
         let err = parse(&text).expect_err("vision is unsupported");
         assert!(err.to_string().contains("`model.vision`"), "{err}");
     }
 
     #[test]
     fn pattern_without_layer_index_is_refused() {
-        let text = edited(|v| v["model"]["decoder"]["inputs"]["past_key_names"] = "past.key".into());
+        let text =
+            edited(|v| v["model"]["decoder"]["inputs"]["past_key_names"] = "past.key".into());
         let err = parse(&text).expect_err("no %d");
         assert!(err.to_string().contains("past_key_names"), "{err}");
     }
@@ -439,7 +473,9 @@ mod tests {
 
     #[test]
     fn sliding_layer_outside_model_is_refused() {
-        let text = edited(|v| v["model"]["decoder"]["sliding_window"]["layers"] = serde_json::json!([0, 9]));
+        let text = edited(|v| {
+            v["model"]["decoder"]["sliding_window"]["layers"] = serde_json::json!([0, 9])
+        });
         let err = parse(&text).expect_err("layer 9 missing");
         assert!(err.to_string().contains("layer 9"), "{err}");
     }

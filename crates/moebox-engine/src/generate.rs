@@ -67,7 +67,11 @@ impl Timings {
     /// Decode tokens per second over the steps after the first token.
     pub fn decode_tokens_per_second(&self, generated: usize) -> f64 {
         let steps = generated.saturating_sub(1) as f64;
-        if steps == 0.0 { 0.0 } else { steps / self.decode.as_secs_f64().max(f64::EPSILON) }
+        if steps == 0.0 {
+            0.0
+        } else {
+            steps / self.decode.as_secs_f64().max(f64::EPSILON)
+        }
     }
 }
 
@@ -137,8 +141,16 @@ pub fn generate(
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation, GenerateError> {
     let prompt = &request.prompt_ids;
-    let budget = completion_budget(prompt.len(), request.max_tokens, default_max_tokens, model.spec.context_length)?;
-    if let Some(&token) = prompt.iter().find(|&&t| t as usize >= model.spec.vocab_size) {
+    let budget = completion_budget(
+        prompt.len(),
+        request.max_tokens,
+        default_max_tokens,
+        model.spec.context_length,
+    )?;
+    if let Some(&token) = prompt
+        .iter()
+        .find(|&&t| t as usize >= model.spec.vocab_size)
+    {
         return Err(GenerateError::TokenOutOfRange {
             token,
             vocab_size: model.spec.vocab_size,

@@ -74,7 +74,10 @@ pub enum ModelError {
     #[error("{path}: {message}")]
     Contract { path: PathBuf, message: String },
     #[error("ONNX Runtime failed during {during}: {message}")]
-    Run { during: &'static str, message: String },
+    Run {
+        during: &'static str,
+        message: String,
+    },
 }
 
 fn run_error(during: &'static str) -> impl Fn(ort::Error) -> ModelError {
@@ -107,7 +110,11 @@ pub struct Model {
 impl Model {
     /// Opens a model folder: `genai_config.json`, the ONNX model, the tokenizer and the chat
     /// template. ONNX Runtime must already be loaded ([`crate::runtime::load`]).
-    pub fn load(runtime: &Runtime, dir: &Path, options: &SessionOptions) -> Result<Self, ModelError> {
+    pub fn load(
+        runtime: &Runtime,
+        dir: &Path,
+        options: &SessionOptions,
+    ) -> Result<Self, ModelError> {
         let spec = ModelSpec::from_model_dir(dir)?;
         let tokenizer = Tokenizer::from_model_dir(dir)?;
         let chat_template = ChatTemplate::from_model_dir(dir)?;
@@ -154,7 +161,11 @@ impl Model {
 
     /// Runs the model over `new_tokens` for one sequence whose first `cache.len()` positions are
     /// already in `cache`, and returns the logits of the last new position, as f32.
-    pub fn forward(&mut self, cache: &mut KvCache, new_tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+    pub fn forward(
+        &mut self,
+        cache: &mut KvCache,
+        new_tokens: &[u32],
+    ) -> Result<Vec<f32>, ModelError> {
         if new_tokens.is_empty() {
             return Err(ModelError::Run {
                 during: "forward",
@@ -165,13 +176,24 @@ impl Model {
         if total > cache.capacity {
             return Err(ModelError::Run {
                 during: "forward",
-                message: format!("{total} positions exceed the KV cache capacity of {}", cache.capacity),
+                message: format!(
+                    "{total} positions exceed the KV cache capacity of {}",
+                    cache.capacity
+                ),
             });
         }
         let ids_shape = [1_i64, new_tokens.len() as i64];
-        let input_ids = integer_tensor(self.types.input_ids, &ids_shape, new_tokens.iter().map(|&t| i64::from(t)))?;
+        let input_ids = integer_tensor(
+            self.types.input_ids,
+            &ids_shape,
+            new_tokens.iter().map(|&t| i64::from(t)),
+        )?;
         let mask_shape = [1_i64, total as i64];
-        let attention_mask = integer_tensor(self.types.attention_mask, &mask_shape, std::iter::repeat_n(1, total))?;
+        let attention_mask = integer_tensor(
+            self.types.attention_mask,
+            &mask_shape,
+            std::iter::repeat_n(1, total),
+        )?;
         let names = &self.spec.names;
         let logits = match &mut cache.storage {
             KvStorage::Shared { binding, .. } => {
@@ -188,15 +210,21 @@ impl Model {
                         .bind_input(mask_name.as_str(), &attention_mask)
                         .map_err(run_error("binding attention_mask"))?;
                 }
-                let outputs = self.session.run_binding(binding).map_err(run_error("decoder run"))?;
-                let logits = outputs.get(names.logits.as_str()).ok_or_else(|| ModelError::Run {
-                    during: "decoder run",
-                    message: format!("no `{}` output", names.logits),
-                })?;
+                let outputs = self
+                    .session
+                    .run_binding(binding.as_ref())
+                    .map_err(run_error("decoder run"))?;
+                let logits = outputs
+                    .get(names.logits.as_str())
+                    .ok_or_else(|| ModelError::Run {
+                        during: "decoder run",
+                        message: format!("no `{}` output", names.logits),
+                    })?;
                 last_position_logits(logits, self.types.logits, self.spec.vocab_size)?
             }
             KvStorage::Growing { keys, values } => {
-                let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::with_capacity(2 + 2 * keys.len());
+                let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> =
+                    Vec::with_capacity(2 + 2 * keys.len());
                 inputs.push((names.input_ids.clone(), input_ids.into()));
                 if let Some(mask_name) = &names.attention_mask {
                     inputs.push((mask_name.clone(), attention_mask.into()));
@@ -206,10 +234,12 @@ impl Model {
                     inputs.push((names.past_value[layer].clone(), value.view().into()));
                 }
                 let mut outputs = self.session.run(inputs).map_err(run_error("decoder run"))?;
-                let logits = outputs.get(names.logits.as_str()).ok_or_else(|| ModelError::Run {
-                    during: "decoder run",
-                    message: format!("no `{}` output", names.logits),
-                })?;
+                let logits = outputs
+                    .get(names.logits.as_str())
+                    .ok_or_else(|| ModelError::Run {
+                        during: "decoder run",
+                        message: format!("no `{}` output", names.logits),
+                    })?;
                 let logits = last_position_logits(logits, self.types.logits, self.spec.vocab_size)?;
                 for layer in 0..keys.len() {
                     let take = |outputs: &mut ort::session::SessionOutputs<'_>, name: &str| {
@@ -219,7 +249,10 @@ impl Model {
                                 during: "decoder run",
                                 message: format!("no `{name}` output"),
                             })
-                            .and_then(|v| v.downcast::<ort::value::DynTensorValueType>().map_err(run_error("reading present")))
+                            .and_then(|v| {
+                                v.downcast::<ort::value::DynTensorValueType>()
+                                    .map_err(run_error("reading present"))
+                            })
                     };
                     keys[layer] = take(&mut outputs, &names.present_key[layer])?;
                     values[layer] = take(&mut outputs, &names.present_value[layer])?;
@@ -250,7 +283,7 @@ pub struct KvCache {
 #[derive(Debug)]
 enum KvStorage {
     Shared {
-        binding: ort::session::IoBinding,
+        binding: Box<ort::session::IoBinding>,
         _keys: Vec<DynTensor>,
         _values: Vec<DynTensor>,
     },
@@ -265,19 +298,36 @@ impl KvCache {
         let spec = &model.spec;
         let names = &spec.names;
         let kv_shape = |positions: usize| {
-            [batch as i64, spec.num_kv_heads as i64, positions as i64, spec.head_size as i64]
+            [
+                batch as i64,
+                spec.num_kv_heads as i64,
+                positions as i64,
+                spec.head_size as i64,
+            ]
         };
         let storage = if spec.past_present_share_buffer {
-            let mut binding = model.session.create_binding().map_err(run_error("creating the IO binding"))?;
+            let mut binding = model
+                .session
+                .create_binding()
+                .map_err(run_error("creating the IO binding"))?;
             let mut keys = Vec::with_capacity(spec.num_layers);
             let mut values = Vec::with_capacity(spec.num_layers);
             for layer in 0..spec.num_layers {
                 let rows = layer_rows(spec, layer, capacity).unwrap_or(capacity);
                 for (past, present, store) in [
                     (&names.past_key[layer], &names.present_key[layer], &mut keys),
-                    (&names.past_value[layer], &names.present_value[layer], &mut values),
+                    (
+                        &names.past_value[layer],
+                        &names.present_value[layer],
+                        &mut values,
+                    ),
                 ] {
-                    let mut buffer = zeroed_tensor(&model.session, model.device, model.types.kv, &kv_shape(rows))?;
+                    let mut buffer = zeroed_tensor(
+                        &model.session,
+                        model.device,
+                        model.types.kv,
+                        &kv_shape(rows),
+                    )?;
                     binding
                         .bind_input(past.as_str(), &buffer)
                         .map_err(run_error("binding the KV cache"))?;
@@ -288,7 +338,7 @@ impl KvCache {
                 }
             }
             KvStorage::Shared {
-                binding,
+                binding: Box::new(binding),
                 _keys: keys,
                 _values: values,
             }
@@ -300,16 +350,25 @@ impl KvCache {
                 zeroed_tensor(&model.session, Device::Cpu, model.types.kv, &kv_shape(rows))
             };
             KvStorage::Growing {
-                keys: (0..spec.num_layers).map(initial).collect::<Result<_, _>>()?,
-                values: (0..spec.num_layers).map(initial).collect::<Result<_, _>>()?,
+                keys: (0..spec.num_layers)
+                    .map(initial)
+                    .collect::<Result<_, _>>()?,
+                values: (0..spec.num_layers)
+                    .map(initial)
+                    .collect::<Result<_, _>>()?,
             }
         };
         Ok(Self {
             len: 0,
             capacity,
             storage,
-            logits_memory: MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)
-                .map_err(run_error("binding logits"))?,
+            logits_memory: MemoryInfo::new(
+                AllocationDevice::CPU,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )
+            .map_err(run_error("binding logits"))?,
         })
     }
 
@@ -371,7 +430,9 @@ fn open_session(
     };
     match options.execution_provider {
         ExecutionProviderKind::Cpu => {
-            let session = builder()?.commit_from_file(model_path).map_err(session_error)?;
+            let session = builder()?
+                .commit_from_file(model_path)
+                .map_err(session_error)?;
             Ok((session, Device::Cpu))
         }
         ExecutionProviderKind::Cuda => {
@@ -387,7 +448,9 @@ fn open_session(
                 Ok(session) => Ok((session, Device::Cuda(options.device_id))),
                 Err(err) if options.allow_cpu_fallback => {
                     tracing::warn!(error = %err, "CUDA execution provider unavailable; falling back to the CPU as engine.allow_cpu_fallback allows");
-                    let session = builder()?.commit_from_file(model_path).map_err(session_error)?;
+                    let session = builder()?
+                        .commit_from_file(model_path)
+                        .map_err(session_error)?;
                     Ok((session, Device::Cpu))
                 }
                 Err(err) => Err(err),
@@ -410,13 +473,18 @@ fn cuda_provider(device_id: i32, cuda: &CudaConfig) -> ep::ExecutionProviderDisp
         })
         .with_tf32(cuda.tf32);
     if cuda.memory_limit_bytes > 0 {
-        provider = provider.with_memory_limit(usize::try_from(cuda.memory_limit_bytes).unwrap_or(usize::MAX));
+        provider = provider
+            .with_memory_limit(usize::try_from(cuda.memory_limit_bytes).unwrap_or(usize::MAX));
     }
     provider.build().error_on_failure()
 }
 
 /// Checks the session against `genai_config.json` and reads the element types it uses.
-fn check_contract(spec: &ModelSpec, session: &Session, path: &Path) -> Result<TensorTypes, ModelError> {
+fn check_contract(
+    spec: &ModelSpec,
+    session: &Session,
+    path: &Path,
+) -> Result<TensorTypes, ModelError> {
     let contract = |message: String| ModelError::Contract {
         path: path.to_owned(),
         message,
@@ -426,16 +494,26 @@ fn check_contract(spec: &ModelSpec, session: &Session, path: &Path) -> Result<Te
             .inputs()
             .iter()
             .find(|i| i.name() == name)
-            .ok_or_else(|| contract(format!("the model has no input `{name}`, which genai_config.json names")))?;
-        tensor_info(outlet.dtype()).ok_or_else(|| contract(format!("input `{name}` is not a tensor")))
+            .ok_or_else(|| {
+                contract(format!(
+                    "the model has no input `{name}`, which genai_config.json names"
+                ))
+            })?;
+        tensor_info(outlet.dtype())
+            .ok_or_else(|| contract(format!("input `{name}` is not a tensor")))
     };
     let output = |name: &str| -> Result<(TensorElementType, Vec<i64>), ModelError> {
         let outlet = session
             .outputs()
             .iter()
             .find(|o| o.name() == name)
-            .ok_or_else(|| contract(format!("the model has no output `{name}`, which genai_config.json names")))?;
-        tensor_info(outlet.dtype()).ok_or_else(|| contract(format!("output `{name}` is not a tensor")))
+            .ok_or_else(|| {
+                contract(format!(
+                    "the model has no output `{name}`, which genai_config.json names"
+                ))
+            })?;
+        tensor_info(outlet.dtype())
+            .ok_or_else(|| contract(format!("output `{name}` is not a tensor")))
     };
     let names = &spec.names;
     let (input_ids, _) = input(&names.input_ids)?;
@@ -443,50 +521,68 @@ fn check_contract(spec: &ModelSpec, session: &Session, path: &Path) -> Result<Te
         Some(name) => input(name)?.0,
         None => TensorElementType::Int64,
     };
-    if let Some(name) = &names.position_ids {
-        if session.inputs().iter().any(|i| i.name() == name) {
-            return Err(contract(format!(
-                "input `{name}` (position ids) is not supported; moebox drives models whose attention derives positions from the mask (GroupQueryAttention)"
-            )));
-        }
+    if let Some(name) = &names.position_ids
+        && session.inputs().iter().any(|i| i.name() == name)
+    {
+        return Err(contract(format!(
+            "input `{name}` (position ids) is not supported; moebox drives models whose attention derives positions from the mask (GroupQueryAttention)"
+        )));
     }
     for (what, ty) in [("input_ids", input_ids), ("attention_mask", attention_mask)] {
         if !matches!(ty, TensorElementType::Int64 | TensorElementType::Int32) {
-            return Err(contract(format!("{what} must be int32 or int64, the model declares {ty:?}")));
+            return Err(contract(format!(
+                "{what} must be int32 or int64, the model declares {ty:?}"
+            )));
         }
     }
     let (kv, kv_shape) = input(&names.past_key[0])?;
-    if !matches!(kv, TensorElementType::Float32 | TensorElementType::Float16 | TensorElementType::Bfloat16) {
-        return Err(contract(format!("KV cache element type {kv:?} is not supported (f32, f16, bf16 are)")));
+    if !matches!(
+        kv,
+        TensorElementType::Float32 | TensorElementType::Float16 | TensorElementType::Bfloat16
+    ) {
+        return Err(contract(format!(
+            "KV cache element type {kv:?} is not supported (f32, f16, bf16 are)"
+        )));
     }
     for layer in 0..spec.num_layers {
         for name in [&names.past_key[layer], &names.past_value[layer]] {
             let (ty, shape) = input(name)?;
             if ty != kv {
-                return Err(contract(format!("`{name}` is {ty:?} but `{}` is {kv:?}", names.past_key[0])));
+                return Err(contract(format!(
+                    "`{name}` is {ty:?} but `{}` is {kv:?}",
+                    names.past_key[0]
+                )));
             }
             check_kv_shape(name, &shape, spec).map_err(contract)?;
         }
         for name in [&names.present_key[layer], &names.present_value[layer]] {
             let (ty, shape) = output(name)?;
             if ty != kv {
-                return Err(contract(format!("`{name}` is {ty:?} but the past inputs are {kv:?}")));
+                return Err(contract(format!(
+                    "`{name}` is {ty:?} but the past inputs are {kv:?}"
+                )));
             }
             check_kv_shape(name, &shape, spec).map_err(contract)?;
         }
     }
     let _ = kv_shape;
     let (logits, logits_shape) = output(&names.logits)?;
-    if !matches!(logits, TensorElementType::Float32 | TensorElementType::Float16 | TensorElementType::Bfloat16) {
-        return Err(contract(format!("logits element type {logits:?} is not supported")));
+    if !matches!(
+        logits,
+        TensorElementType::Float32 | TensorElementType::Float16 | TensorElementType::Bfloat16
+    ) {
+        return Err(contract(format!(
+            "logits element type {logits:?} is not supported"
+        )));
     }
-    if let Some(&vocab) = logits_shape.last() {
-        if vocab > 0 && vocab as usize != spec.vocab_size {
-            return Err(contract(format!(
-                "logits have {vocab} columns but genai_config.json says vocab_size is {}",
-                spec.vocab_size
-            )));
-        }
+    if let Some(&vocab) = logits_shape.last()
+        && vocab > 0
+        && vocab as usize != spec.vocab_size
+    {
+        return Err(contract(format!(
+            "logits have {vocab} columns but genai_config.json says vocab_size is {}",
+            spec.vocab_size
+        )));
     }
     Ok(TensorTypes {
         input_ids,
@@ -498,7 +594,10 @@ fn check_contract(spec: &ModelSpec, session: &Session, path: &Path) -> Result<Te
 
 fn check_kv_shape(name: &str, shape: &[i64], spec: &ModelSpec) -> Result<(), String> {
     if shape.len() != 4 {
-        return Err(format!("`{name}` has rank {}, expected [batch, kv_heads, positions, head_size]", shape.len()));
+        return Err(format!(
+            "`{name}` has rank {}, expected [batch, kv_heads, positions, head_size]",
+            shape.len()
+        ));
     }
     if shape[1] > 0 && shape[1] as usize != spec.num_kv_heads {
         return Err(format!(
@@ -528,7 +627,10 @@ fn integer_tensor(
     values: impl Iterator<Item = i64>,
 ) -> Result<DynTensor, ModelError> {
     let result = match ty {
-        TensorElementType::Int32 => Tensor::from_array((shape.to_vec(), values.map(|v| v as i32).collect::<Vec<_>>())).map(Tensor::upcast),
+        TensorElementType::Int32 => {
+            Tensor::from_array((shape.to_vec(), values.map(|v| v as i32).collect::<Vec<_>>()))
+                .map(Tensor::upcast)
+        }
         _ => Tensor::from_array((shape.to_vec(), values.collect::<Vec<_>>())).map(Tensor::upcast),
     };
     result.map_err(run_error("creating inputs"))
@@ -544,9 +646,15 @@ fn zeroed_tensor(
 ) -> Result<DynTensor, ModelError> {
     let count = shape.iter().product::<i64>().max(0) as usize;
     let host = match ty {
-        TensorElementType::Float32 => Tensor::from_array((shape.to_vec(), vec![0.0_f32; count])).map(Tensor::upcast),
-        TensorElementType::Float16 => Tensor::from_array((shape.to_vec(), vec![half::f16::ZERO; count])).map(Tensor::upcast),
-        TensorElementType::Bfloat16 => Tensor::from_array((shape.to_vec(), vec![half::bf16::ZERO; count])).map(Tensor::upcast),
+        TensorElementType::Float32 => {
+            Tensor::from_array((shape.to_vec(), vec![0.0_f32; count])).map(Tensor::upcast)
+        }
+        TensorElementType::Float16 => {
+            Tensor::from_array((shape.to_vec(), vec![half::f16::ZERO; count])).map(Tensor::upcast)
+        }
+        TensorElementType::Bfloat16 => {
+            Tensor::from_array((shape.to_vec(), vec![half::bf16::ZERO; count])).map(Tensor::upcast)
+        }
         other => {
             return Err(ModelError::Run {
                 during: "allocating the KV cache",
@@ -559,24 +667,42 @@ fn zeroed_tensor(
         Device::Cpu => {
             // `Tensor::from_array` memory is owned by Rust, and IoBinding can only bind outputs to
             // tensors ONNX Runtime allocated: copy into one from the session's allocator.
-            let mut owned = DynTensor::new(session.allocator(), ty, shape.to_vec()).map_err(run_error("allocating the KV cache"))?;
-            host.copy_into(&mut owned).map_err(run_error("zeroing the KV cache"))?;
+            let mut owned = DynTensor::new(session.allocator(), ty, shape.to_vec())
+                .map_err(run_error("allocating the KV cache"))?;
+            host.copy_into(&mut owned)
+                .map_err(run_error("zeroing the KV cache"))?;
             Ok(owned)
         }
         Device::Cuda(id) => {
-            let info = MemoryInfo::new(AllocationDevice::CUDA, id, AllocatorType::Device, MemoryType::Default)
+            let info = MemoryInfo::new(
+                AllocationDevice::CUDA,
+                id,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )
+            .map_err(run_error("allocating the KV cache"))?;
+            let allocator =
+                Allocator::new(session, info).map_err(run_error("allocating the KV cache"))?;
+            let mut owned = DynTensor::new(&allocator, ty, shape.to_vec())
                 .map_err(run_error("allocating the KV cache"))?;
-            let allocator = Allocator::new(session, info).map_err(run_error("allocating the KV cache"))?;
-            let mut owned = DynTensor::new(&allocator, ty, shape.to_vec()).map_err(run_error("allocating the KV cache"))?;
-            host.copy_into(&mut owned).map_err(run_error("zeroing the KV cache"))?;
+            host.copy_into(&mut owned)
+                .map_err(run_error("zeroing the KV cache"))?;
             Ok(owned)
         }
     }
 }
 
 /// The last sequence position's logits of row 0, converted to f32.
-fn last_position_logits(value: &ort::value::DynValue, ty: TensorElementType, vocab: usize) -> Result<Vec<f32>, ModelError> {
-    fn tail<T: Copy>(data: &[T], vocab: usize, convert: impl Fn(T) -> f32) -> Result<Vec<f32>, ModelError> {
+fn last_position_logits(
+    value: &ort::value::DynValue,
+    ty: TensorElementType,
+    vocab: usize,
+) -> Result<Vec<f32>, ModelError> {
+    fn tail<T: Copy>(
+        data: &[T],
+        vocab: usize,
+        convert: impl Fn(T) -> f32,
+    ) -> Result<Vec<f32>, ModelError> {
         if data.len() < vocab || vocab == 0 {
             return Err(ModelError::Run {
                 during: "reading logits",
@@ -584,13 +710,28 @@ fn last_position_logits(value: &ort::value::DynValue, ty: TensorElementType, voc
             });
         }
         // Row 0 of a [1, seq, vocab] tensor: its last position is the tail.
-        Ok(data[data.len() - vocab..].iter().map(|&v| convert(v)).collect())
+        Ok(data[data.len() - vocab..]
+            .iter()
+            .map(|&v| convert(v))
+            .collect())
     }
     let read = run_error("reading logits");
     match ty {
-        TensorElementType::Float32 => tail(value.try_extract_tensor::<f32>().map_err(read)?.1, vocab, |v| v),
-        TensorElementType::Float16 => tail(value.try_extract_tensor::<half::f16>().map_err(read)?.1, vocab, half::f16::to_f32),
-        TensorElementType::Bfloat16 => tail(value.try_extract_tensor::<half::bf16>().map_err(read)?.1, vocab, half::bf16::to_f32),
+        TensorElementType::Float32 => tail(
+            value.try_extract_tensor::<f32>().map_err(read)?.1,
+            vocab,
+            |v| v,
+        ),
+        TensorElementType::Float16 => tail(
+            value.try_extract_tensor::<half::f16>().map_err(read)?.1,
+            vocab,
+            half::f16::to_f32,
+        ),
+        TensorElementType::Bfloat16 => tail(
+            value.try_extract_tensor::<half::bf16>().map_err(read)?.1,
+            vocab,
+            half::bf16::to_f32,
+        ),
         other => Err(ModelError::Run {
             during: "reading logits",
             message: format!("unsupported logits type {other:?}"),

@@ -9,7 +9,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use moebox_config::{DEFAULT_ONNXRUNTIME_LIBRARY, ONNXRUNTIME_LIBRARY_ENV, ONNXRUNTIME_VERSION};
+pub use moebox_config::{
+    DEFAULT_ONNXRUNTIME_LIBRARY, ONNXRUNTIME_LIBRARY_ENV, ONNXRUNTIME_VERSION,
+};
 
 /// File name of the library inside the wheel (`onnxruntime/capi/`).
 pub const LIBRARY_FILE_NAME: &str = "libonnxruntime.so.1.31.1";
@@ -21,14 +23,21 @@ pub enum RuntimeError {
     #[error(
         "ONNX Runtime library not found at {path} ({origin}); moebox needs ONNX Runtime {ONNXRUNTIME_VERSION}: run `./dev setup`, or set `onnxruntime.library` in the config or {ONNXRUNTIME_LIBRARY_ENV}"
     )]
-    Missing { path: PathBuf, origin: LibraryOrigin },
-    #[error("cannot load ONNX Runtime from {path} ({origin}): {cause}; moebox needs ONNX Runtime {ONNXRUNTIME_VERSION}")]
+    Missing {
+        path: PathBuf,
+        origin: LibraryOrigin,
+    },
+    #[error(
+        "cannot load ONNX Runtime from {path} ({origin}): {cause}; moebox needs ONNX Runtime {ONNXRUNTIME_VERSION}"
+    )]
     Load {
         path: PathBuf,
         origin: LibraryOrigin,
         cause: String,
     },
-    #[error("ONNX Runtime at {path} is version {found}; moebox needs ONNX Runtime {ONNXRUNTIME_VERSION}")]
+    #[error(
+        "ONNX Runtime at {path} is version {found}; moebox needs ONNX Runtime {ONNXRUNTIME_VERSION}"
+    )]
     WrongVersion { path: PathBuf, found: String },
     #[error("cannot create the ONNX Runtime environment: {0}")]
     Environment(String),
@@ -72,7 +81,9 @@ pub fn resolve_library(
         return (PathBuf::from(value), LibraryOrigin::Environment);
     }
     if let Some(exe_dir) = executable.and_then(Path::parent) {
-        let beside = exe_dir.join("../lib/moebox/onnxruntime").join(LIBRARY_FILE_NAME);
+        let beside = exe_dir
+            .join("../lib/moebox/onnxruntime")
+            .join(LIBRARY_FILE_NAME);
         if beside.is_file() {
             return (beside, LibraryOrigin::BesideBinary);
         }
@@ -83,7 +94,10 @@ pub fn resolve_library(
             }
         }
     }
-    (PathBuf::from(DEFAULT_ONNXRUNTIME_LIBRARY), LibraryOrigin::Default)
+    (
+        PathBuf::from(DEFAULT_ONNXRUNTIME_LIBRARY),
+        LibraryOrigin::Default,
+    )
 }
 
 /// The process's ONNX Runtime: the library loaded and the environment sessions are made in.
@@ -95,7 +109,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("library", &self.library).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("library", &self.library)
+            .finish_non_exhaustive()
     }
 }
 
@@ -107,8 +123,11 @@ pub fn load(configured: Option<&Path>) -> Result<Runtime, RuntimeError> {
         return Ok(runtime.clone());
     }
     let exe = std::env::current_exe().ok();
-    let (path, origin) =
-        resolve_library(configured, std::env::var_os(ONNXRUNTIME_LIBRARY_ENV), exe.as_deref());
+    let (path, origin) = resolve_library(
+        configured,
+        std::env::var_os(ONNXRUNTIME_LIBRARY_ENV),
+        exe.as_deref(),
+    );
     if !path.is_file() {
         return Err(RuntimeError::Missing { path, origin });
     }
@@ -158,13 +177,19 @@ mod tests {
     fn config_key_wins_over_everything() {
         let (path, origin) =
             resolve_library(Some(Path::new("/x/lib.so")), Some("/y/lib.so".into()), None);
-        assert_eq!((path.as_path(), origin), (Path::new("/x/lib.so"), LibraryOrigin::Config));
+        assert_eq!(
+            (path.as_path(), origin),
+            (Path::new("/x/lib.so"), LibraryOrigin::Config)
+        );
     }
 
     #[test]
     fn environment_comes_second_and_empty_is_unset() {
         let (path, origin) = resolve_library(None, Some("/y/lib.so".into()), None);
-        assert_eq!((path.as_path(), origin), (Path::new("/y/lib.so"), LibraryOrigin::Environment));
+        assert_eq!(
+            (path.as_path(), origin),
+            (Path::new("/y/lib.so"), LibraryOrigin::Environment)
+        );
         let (_, origin) = resolve_library(None, Some("".into()), None);
         assert_eq!(origin, LibraryOrigin::Default);
     }
@@ -183,7 +208,8 @@ mod tests {
 
     #[test]
     fn falls_back_to_the_image_path() {
-        let (path, origin) = resolve_library(None, None, Some(Path::new("/nonexistent/bin/moebox")));
+        let (path, origin) =
+            resolve_library(None, None, Some(Path::new("/nonexistent/bin/moebox")));
         assert_eq!(origin, LibraryOrigin::Default);
         assert_eq!(path, Path::new(DEFAULT_ONNXRUNTIME_LIBRARY));
     }

@@ -131,7 +131,10 @@ mod tests {
         let mut chunks = Vec::new();
         for &id in &ids {
             let chunk = decoder.push(&tokenizer, id).expect("decodes");
-            assert!(!chunk.contains(char::REPLACEMENT_CHARACTER), "split char in {chunk:?}");
+            assert!(
+                !chunk.contains(char::REPLACEMENT_CHARACTER),
+                "split char in {chunk:?}"
+            );
             chunks.push(chunk);
         }
         chunks.push(decoder.finish(&tokenizer).expect("finishes"));
@@ -152,7 +155,12 @@ mod tests {
         for &id in &ids[..ids.len() - 1] {
             assert_eq!(decoder.push(&tokenizer, id).expect("decodes"), "");
         }
-        assert_eq!(decoder.push(&tokenizer, ids[ids.len() - 1]).expect("decodes"), "𝄞");
+        assert_eq!(
+            decoder
+                .push(&tokenizer, ids[ids.len() - 1])
+                .expect("decodes"),
+            "𝄞"
+        );
     }
 
     #[test]
@@ -167,6 +175,9 @@ mod tests {
     #[test]
     fn missing_tokenizer_names_the_path() {
         let err = Tokenizer::from_model_dir(Path::new("/nonexistent")).expect_err("missing");
-        assert!(err.to_string().contains("/nonexistent/tokenizer.json"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/tokenizer.json"),
+            "{err}"
+        );
     }
 }

@@ -104,7 +104,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
 
     let prompt_text = if args.chat {
         let template = model.chat_template.as_ref().with_context(|| {
-            format!("--chat: the model folder {} has no chat template", args.model.display())
+            format!(
+                "--chat: the model folder {} has no chat template",
+                args.model.display()
+            )
         })?;
         template.render(
             &[ChatMessage {
@@ -121,11 +124,17 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let search = &model.spec.search;
     let default_greedy = !search.do_sample;
     let sampling = SamplingParams {
-        temperature: args
-            .temperature
-            .unwrap_or(if default_greedy { 0.0 } else { search.temperature }),
-        top_k: args.top_k.unwrap_or(if default_greedy { 0 } else { search.top_k }),
-        top_p: args.top_p.unwrap_or(if default_greedy { 1.0 } else { search.top_p }),
+        temperature: args.temperature.unwrap_or(if default_greedy {
+            0.0
+        } else {
+            search.temperature
+        }),
+        top_k: args
+            .top_k
+            .unwrap_or(if default_greedy { 0 } else { search.top_k }),
+        top_p: args
+            .top_p
+            .unwrap_or(if default_greedy { 1.0 } else { search.top_p }),
         seed: args.seed,
         repetition_penalty: args.repetition_penalty,
         presence_penalty: args.presence_penalty,
@@ -142,13 +151,19 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let stream = !args.json;
     let mut stdout = std::io::stdout().lock();
     let start = Instant::now();
-    let generation = generate(&mut model, &request, config.engine.max_tokens, &cancel, |chunk| {
-        if stream {
-            // A closed stdout (`| head`) must not abort generation mid-way with a panic.
-            let _ = stdout.write_all(chunk.as_bytes());
-            let _ = stdout.flush();
-        }
-    })?;
+    let generation = generate(
+        &mut model,
+        &request,
+        config.engine.max_tokens,
+        &cancel,
+        |chunk| {
+            if stream {
+                // A closed stdout (`| head`) must not abort generation mid-way with a panic.
+                let _ = stdout.write_all(chunk.as_bytes());
+                let _ = stdout.flush();
+            }
+        },
+    )?;
     let total = start.elapsed();
 
     if args.json {

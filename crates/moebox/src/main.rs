@@ -9,7 +9,11 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "moebox", version, about = "On-prem Mixture-of-Experts LLM appliance")]
+#[command(
+    name = "moebox",
+    version,
+    about = "On-prem Mixture-of-Experts LLM appliance"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -29,7 +29,15 @@ const CHAT_PROMPTS: &[&str] = &[
 fn moebox_generate(model: &Path, prompt: &str, chat: bool) -> Value {
     let mut command = Command::new(env!("CARGO_BIN_EXE_moebox"));
     command
-        .args(["generate", "--json", "--max-tokens", NEW_TOKENS, "--prompt", prompt, "--model"])
+        .args([
+            "generate",
+            "--json",
+            "--max-tokens",
+            NEW_TOKENS,
+            "--prompt",
+            prompt,
+            "--model",
+        ])
         .arg(model);
     if chat {
         command.arg("--chat");
@@ -44,7 +52,12 @@ fn moebox_generate(model: &Path, prompt: &str, chat: bool) -> Value {
 }
 
 fn assert_same(model: &Path, prompts: &[&str], chat: bool) {
-    let mut args = vec!["--model", model.to_str().expect("utf-8 path"), "--max-new-tokens", NEW_TOKENS];
+    let mut args = vec![
+        "--model",
+        model.to_str().expect("utf-8 path"),
+        "--max-new-tokens",
+        NEW_TOKENS,
+    ];
     if chat {
         args.push("--chat");
     }
@@ -54,15 +67,27 @@ fn assert_same(model: &Path, prompts: &[&str], chat: bool) {
     let mut past_window = 0;
     for (prompt, want) in prompts.iter().zip(&expected) {
         let got = moebox_generate(model, prompt, chat);
-        assert_eq!(got["prompt_ids"], want["prompt_ids"], "prompt ids differ for {prompt:?}");
-        assert_eq!(got["output_ids"], want["output_ids"], "output ids differ for {prompt:?}");
-        assert_eq!(got["finish_reason"], want["finish_reason"], "finish reason differs for {prompt:?}");
+        assert_eq!(
+            got["prompt_ids"], want["prompt_ids"],
+            "prompt ids differ for {prompt:?}"
+        );
+        assert_eq!(
+            got["output_ids"], want["output_ids"],
+            "output ids differ for {prompt:?}"
+        );
+        assert_eq!(
+            got["finish_reason"], want["finish_reason"],
+            "finish reason differs for {prompt:?}"
+        );
         let generated = got["output_ids"].as_array().map_or(0, Vec::len);
         if generated > 100 {
             past_window += 1;
         }
     }
-    assert!(past_window > 0, "no prompt generated past the sliding window");
+    assert!(
+        past_window > 0,
+        "no prompt generated past the sliding window"
+    );
 }
 
 #[test]
@@ -100,6 +125,9 @@ fn growing_kv_layout_matches_the_reference_too() {
     ]);
     for (prompt, want) in [RAW_PROMPTS[0], RAW_PROMPTS[3]].iter().zip(&expected) {
         let got = moebox_generate(dir.path(), prompt, false);
-        assert_eq!(got["output_ids"], want["output_ids"], "growing layout differs for {prompt:?}");
+        assert_eq!(
+            got["output_ids"], want["output_ids"],
+            "growing layout differs for {prompt:?}"
+        );
     }
 }

@@ -149,6 +149,8 @@ PROBES = {
     "macros_and_call": "{% macro wrap(role, content='?') %}<{{ role }}:{{ content }}>{% endmacro %}{% for m in messages %}{{ wrap(m.role, content=m.content | upper) }}{% endfor %}{{ wrap('end') }}",
     "generation_tag": "{% for m in messages %}{% if m.role == 'assistant' %}\n  {% generation %}\n  [{{ m.content }}]\n  {%- endgeneration %}\n{% else %}({{ m.content }}){% endif %}{% endfor %}",
     "bos_eos": "{{ bos_token }}|{{ eos_token }}|{{ add_generation_prompt }}|{{ documents }}|{{ tools is none }}",
+    # Dict literals keep their insertion order (minijinja's `preserve_order`).
+    "dict_literal_key_order": "{{ {'b': 1, 'a': 2} | tojson }}|{{ {'b': 1, 'a': 2} }}",
 }
 PROBE_TOKENS = ("<s>", "</s>")
 
@@ -156,8 +158,6 @@ PROBE_TOKENS = ("<s>", "</s>")
 # transformers' output so the difference is visible; the Rust test checks they still differ (and
 # says so when one starts to match, so it can move to PROBES).
 KNOWN_DIVERGENCES = {
-    # minijinja is built without `preserve_order`: its dicts sort their keys.
-    "dict_literal_key_order": "{{ {'b': 1, 'a': 2} | tojson }}|{{ {'b': 1, 'a': 2} }}",
     # minijinja has no printf-style `%` on strings.
     "percent_format": "{{ '%s-%d' % ('a', 3) }}",
     # Filters minijinja does not have.
