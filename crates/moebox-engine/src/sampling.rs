@@ -16,13 +16,10 @@
 //! `exp`, and the draw walks one block of 256 tokens. Scratch buffers live in the sampler.
 
 use std::cmp::Ordering;
-use std::collections::hash_map::RandomState;
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{self, AtomicU64};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rand::{Rng, SeedableRng};
+use rand::{RngCore, SeedableRng, TryRngCore};
 use rand_chacha::ChaCha8Rng;
 
 /// Smallest accepted `temperature`; 0 means greedy.
@@ -641,20 +638,14 @@ fn argmax(logits: &[f32]) -> u32 {
         .unwrap_or(0)
 }
 
-/// A 64-bit seed for requests without one. `RandomState` keys come from the OS random source
-/// (once per thread, then stepped per instance); the clock and a process-wide counter keep two
-/// calls on the same thread apart. Sampling needs unpredictability, not cryptographic strength,
-/// and this avoids enabling rand's `sys_rng` feature.
+/// A 64-bit seed for requests without one, from the operating system's random source.
 fn entropy_seed() -> u64 {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = RandomState::new().build_hasher();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    hasher.write_u128(nanos);
-    hasher.write_u64(CALLS.fetch_add(1, atomic::Ordering::Relaxed));
-    hasher.finish()
+    rand::rngs::OsRng.try_next_u64().unwrap_or_else(|_| {
+        // getrandom failing is exotic (no /dev/urandom); the clock still varies per request.
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    })
 }
 
 #[cfg(test)]
