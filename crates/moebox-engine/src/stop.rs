@@ -356,7 +356,7 @@ mod tests {
 
     #[test]
     fn random_streams_keep_the_invariants() {
-        use rand::{Rng, SeedableRng};
+        use rand::{RngCore, SeedableRng};
         let alphabet = ['a', 'b', 'é', '日'];
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
         let mut pick = |n: usize| (rng.next_u32() as usize) % n;
