@@ -10,8 +10,16 @@ standard library, numpy and onnxruntime_genai. tests/bench/decode.sh does the se
 For every model and every prompt of a fixed set, both engines generate N new tokens greedily from
 the raw prompt (no chat template), one sequence at a time, on the CPU, with the same ONNX Runtime
 library (1.31.1: onnxruntime-genai 0.18.0 dlopens the onnxruntime wheel's copy, moebox the one
-ORT_DYLIB_PATH names) and the same intra-op thread setting (0 by default: ONNX Runtime's own
-choice, one thread per physical core).
+ORT_DYLIB_PATH names) and the same, explicit, intra-op thread count.
+
+Threads: the engines' *defaults* differ. moebox passes engine.intra_op_threads = 0, i.e. ONNX
+Runtime's default, one thread per physical core; onnxruntime-genai 0.18.0 does not leave it to ONNX
+Runtime but sets max(1, min(16, std::thread::hardware_concurrency() / 2)) unless genai_config.json
+says otherwise, i.e. half the logical CPUs (1 on a 2-vCPU machine). So by default both get
+--intra-op-threads = the number of physical cores (what moebox uses by default), passed to moebox
+through a config file (engine.intra_op_threads) and to genai through og.Config.overlay
+(session_options.intra_op_num_threads). --intra-op-threads 0 runs each engine with its own default
+instead (not a like-for-like comparison where the two differ).
 
 Definitions (identical for both engines):
 
@@ -35,7 +43,11 @@ until token_count() == prompt + N or is_done() (EOS).
 
 Repetitions alternate moebox and genai runs so that drifting machine load hits both alike. The
 report gives the median and [min, max] over the repetitions, and checks that both engines'
-greedy output ids are identical (and stable across repetitions).
+greedy output ids are identical (and stable across repetitions); it exits 1 if they are not.
+A timed run during which other processes took more than --busy-share of the CPUs (/proc/stat
+busy time less this process's and its children's CPU time) is redone, up to --busy-retries times:
+2 spinning intra-op threads on a 2-CPU machine lose more than half their speed to a concurrent
+build.
 
 Prompts: chosen so that greedy search runs to N = 256 new tokens without an EOS on both the tiny
 fixture and the bench model (random-weight models stop at EOS now and then); "new tokens" in the
@@ -247,6 +259,56 @@ class Genai:
         }
 
 
+# --- other processes' CPU use during a run ----------------------------------------------------
+
+class OtherLoad:
+    """CPU time that other processes (and the hypervisor: steal) took while a run went on.
+
+    Busy time of the whole machine from /proc/stat, less this process's and its waited-for
+    children's CPU time (getrusage). /proc/stat counts in clock ticks (10 ms), so a run is only
+    called busy when the others took more than `share` of the machine *and* more than 3 ticks.
+    """
+
+    def __init__(self, share):
+        import resource
+
+        self.resource = resource
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self.cpus = os.cpu_count() or 1
+        self.share = share
+
+    def _busy(self):
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal ...
+        return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / self.hz
+
+    def _own(self):
+        r = self.resource
+        s, c = r.getrusage(r.RUSAGE_SELF), r.getrusage(r.RUSAGE_CHILDREN)
+        return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+    def measure(self, fn):
+        t0, b0, o0 = time.perf_counter(), self._busy(), self._own()
+        result = fn()
+        wall = time.perf_counter() - t0
+        other = max(0.0, (self._busy() - b0) - (self._own() - o0))
+        busy = other > max(self.share * wall * self.cpus, 3.0 / self.hz)
+        return result, other / (wall * self.cpus), busy
+
+
+def run_quiet(meter, fn, retries, what):
+    """Runs fn until other processes leave the CPUs alone (at most retries extra times)."""
+    for attempt in range(retries + 1):
+        result, share, busy = meter.measure(fn)
+        if not busy:
+            return result, share, attempt, False
+        print(f"    {what}: other processes took {share * 100:.0f}% of the CPUs; "
+              f"{'again' if attempt < retries else 'kept anyway'}", file=sys.stderr, flush=True)
+        time.sleep(2.0)
+    return result, share, retries, True
+
+
 # --- report ---------------------------------------------------------------------------------
 
 def stats(values):
@@ -256,6 +318,22 @@ def stats(values):
 def fmt_range(s, scale=1.0, digits=1):
     return (f"{s['median'] * scale:.{digits}f} "
             f"[{s['min'] * scale:.{digits}f}–{s['max'] * scale:.{digits}f}]")
+
+
+def physical_cores():
+    """ONNX Runtime's default intra-op thread count: distinct (physical id, core id) pairs."""
+    cores, phys = set(), None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "physical id":
+                phys = value.strip()
+            elif key == "core id":
+                cores.add((phys, value.strip()))
+    except OSError:
+        pass
+    return len(cores) or os.cpu_count() or 1
 
 
 def machine_facts():
@@ -284,10 +362,14 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions per engine, model and prompt")
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs per engine, model and prompt first")
-    ap.add_argument("--intra-op-threads", type=int, default=0,
-                    help="ONNX Runtime intra-op threads for both engines (0: ONNX Runtime's default)")
+    ap.add_argument("--intra-op-threads", type=int, default=None,
+                    help="ONNX Runtime intra-op threads for both engines; default: the number of physical "
+                         "cores (ONNX Runtime's default, moebox's default); 0: each engine's own default")
     ap.add_argument("--prompt", action="append", default=None, help="replace the built-in prompt set (repeatable)")
     ap.add_argument("--json-out", type=Path, default=None, help="also write every measurement here")
+    ap.add_argument("--busy-share", type=float, default=0.05,
+                    help="redo a run when other processes took more than this share of the CPUs meanwhile")
+    ap.add_argument("--busy-retries", type=int, default=3, help="how often to redo such a run")
     args = ap.parse_args()
 
     import onnxruntime_genai as og
@@ -296,6 +378,13 @@ def main():
         print("decode.py: ORT_DYLIB_PATH is not set; moebox will look for ONNX Runtime itself", file=sys.stderr)
     prompts = args.prompt or PROMPTS
     facts = machine_facts()
+    if args.intra_op_threads is None:
+        args.intra_op_threads = physical_cores()
+    if args.intra_op_threads:
+        threads_text = f"{args.intra_op_threads} for both engines (explicit)"
+    else:
+        threads_text = (f"each engine's default: moebox {physical_cores()} (ONNX Runtime: physical cores), "
+                        f"genai {max(1, min(16, (os.cpu_count() or 2) // 2))} (logical CPUs / 2)")
     versions = {"onnxruntime_genai": og.__version__}
     try:
         import onnxruntime
@@ -305,6 +394,19 @@ def main():
         pass
     versions["ORT_DYLIB_PATH (moebox's)"] = os.environ.get("ORT_DYLIB_PATH", "")
 
+    source_text = ""
+    try:
+        repo = Path(__file__).resolve().parents[2]
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "crates", "Cargo.toml",
+                                "Cargo.lock"], capture_output=True, text=True).stdout.strip().splitlines()
+        built = datetime.fromtimestamp(args.moebox.stat().st_mtime, timezone.utc).strftime("%H:%M:%S UTC")
+        if head:
+            source_text = (f"moebox built {built} from {head}"
+                           + (f" plus {len(dirty)} uncommitted paths under crates/, Cargo.*" if dirty else "") + ".")
+    except OSError:
+        pass
     config_file = None
     if args.intra_op_threads:
         config_file = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
@@ -315,9 +417,13 @@ def main():
     print(f"# decode benchmark, {facts['date_utc']}: {facts['cpu']}, nproc {facts['nproc']}, "
           f"load average at start {facts['loadavg'][0]:.2f} {facts['loadavg'][1]:.2f} {facts['loadavg'][2]:.2f}",
           file=sys.stderr)
-    print(f"# {versions}; intra-op threads {args.intra_op_threads or 'ONNX Runtime default'}; "
+    print(f"# {versions}; intra-op threads: {threads_text}; "
           f"N = {args.new_tokens}, {args.warmup} warm-up + {args.reps} timed runs each", file=sys.stderr)
 
+    meter = OtherLoad(args.busy_share)
+    redone = {"moebox": 0, "genai": 0}
+    kept_busy = 0
+    max_other = 0.0
     rows, records = [], []
     for model_dir in args.model:
         params = count_parameters(model_dir / "model.onnx")
@@ -328,22 +434,36 @@ def main():
             m_runs, g_cold, g_warm = [], [], []
             for i in range(args.warmup + args.reps):
                 timed = i >= args.warmup
-                m = moebox_run(args.moebox, model_dir, prompt, args.new_tokens, config_file)
+                retries = args.busy_retries if timed else 0
+                m, m_share, m_redone, m_busy = run_quiet(
+                    meter, lambda: moebox_run(args.moebox, model_dir, prompt, args.new_tokens, config_file),
+                    retries, "moebox")
                 if m["prompt_ids"] != prompt_ids:
                     raise RuntimeError(f"moebox and genai tokenize {prompt!r} differently: "
                                        f"{m['prompt_ids']} vs {prompt_ids}")
-                load_s = genai.load()  # fresh session: the cold run is comparable with moebox's
-                cold = genai.run(prompt_ids, args.new_tokens)
-                warm = genai.run(prompt_ids, args.new_tokens)
-                cold["load_s"] = load_s
+
+                def genai_runs():
+                    load_s = genai.load()  # fresh session: the cold run is comparable with moebox's
+                    cold = genai.run(prompt_ids, args.new_tokens)
+                    warm = genai.run(prompt_ids, args.new_tokens)
+                    cold["load_s"] = load_s
+                    return cold, warm
+
+                (cold, warm), g_share, g_redone, g_busy = run_quiet(meter, genai_runs, retries, "genai")
+                m["other_cpu_share"], cold["other_cpu_share"], warm["other_cpu_share"] = m_share, g_share, g_share
                 if timed:
+                    redone["moebox"] += m_redone
+                    redone["genai"] += g_redone
+                    kept_busy += int(m_busy) + int(g_busy)
+                    max_other = max(max_other, m_share, g_share)
                     m_runs.append(m)
                     g_cold.append(cold)
                     g_warm.append(warm)
                 print(f"  {model_dir.name} p{len(prompt_ids)} {'run' if timed else 'warm-up'} {i}: "
                       f"moebox {m['decode_tps']:.1f} tok/s prefill {m['prefill_s'] * 1e3:.2f} ms | "
                       f"genai {cold['decode_tps']:.1f} tok/s prefill {cold['prefill_s'] * 1e3:.2f} ms "
-                      f"(warm {warm['decode_tps']:.1f} tok/s, {warm['prefill_s'] * 1e3:.2f} ms)",
+                      f"(warm {warm['decode_tps']:.1f} tok/s, {warm['prefill_s'] * 1e3:.2f} ms) | "
+                      f"others' CPU {m_share * 100:.0f}% / {g_share * 100:.0f}%",
                       file=sys.stderr, flush=True)
             ref_ids = g_cold[0]["output_ids"]
             ids_equal = all(r["output_ids"] == ref_ids for r in m_runs + g_cold + g_warm)
@@ -390,11 +510,16 @@ def main():
     print(f"Median [min–max] of {args.reps} runs after {args.warmup} warm-up run(s); ratio = moebox / genai "
           f"median decode tok/s. {facts['cpu']}, nproc {facts['nproc']}, load average "
           f"{facts['loadavg'][0]:.2f} at start, {facts['loadavg_end'][0]:.2f} at end; {facts['date_utc']}; "
-          f"intra-op threads: {args.intra_op_threads or 'ONNX Runtime default (0)'}.")
+          f"intra-op threads: {threads_text}. {source_text}")
+    print(f"Runs redone because other processes took more than {args.busy_share * 100:.0f}% of the CPUs "
+          f"meanwhile: moebox {redone['moebox']}, genai {redone['genai']}; busy runs kept after "
+          f"{args.busy_retries} retries: {kept_busy}; the most other processes took during a kept timed run: "
+          f"{max_other * 100:.0f}%.")
     if args.json_out:
         args.json_out.write_text(json.dumps({"facts": facts, "versions": versions, "args": {
             "new_tokens": args.new_tokens, "reps": args.reps, "warmup": args.warmup,
-            "intra_op_threads": args.intra_op_threads}, "records": records}, indent=1))
+            "intra_op_threads": args.intra_op_threads, "threads": threads_text, "source": source_text,
+            "redone": redone, "kept_busy": kept_busy}, "records": records}, indent=1))
     if config_file:
         os.unlink(config_file)
     return 0 if all(r["ids_equal"] for r in rows) else 1

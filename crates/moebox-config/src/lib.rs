@@ -33,12 +33,35 @@ pub const DEFAULT_MAX_TOKENS: u32 = 256;
 /// `engine.cuda.memory_limit_bytes`: 0 means no limit beyond the device's memory.
 pub const DEFAULT_CUDA_MEMORY_LIMIT_BYTES: u64 = 0;
 
+/// `provision.expected_gpus`: the appliance is built with two A100s.
+pub const DEFAULT_EXPECTED_GPUS: u32 = 2;
+/// `provision.allow_cpu_only`: a box without a GPU is a fault unless this says otherwise.
+pub const DEFAULT_ALLOW_CPU_ONLY: bool = false;
+/// `provision.mig_enabled`: one engine per whole GPU, so MIG is expected off.
+pub const DEFAULT_MIG_ENABLED: bool = false;
+/// `provision.report`: where `moebox provision` writes its report (tmpfs, rewritten each boot).
+pub const DEFAULT_PROVISION_REPORT: &str = "/run/moebox/provision.json";
+/// `provision.artefacts`: the `sha256sum`-format list of installed artefacts that the image
+/// build writes (`provisioning/assemble.py`).
+pub const DEFAULT_ARTEFACT_SUMS: &str = "/usr/lib/moebox/SHA256SUMS";
+/// `provision.smoke_tokens`: greedy tokens compared between the CUDA and CPU providers.
+pub const DEFAULT_SMOKE_TOKENS: u32 = 8;
+/// Upper bound of `provision.smoke_tokens`: the smoke test runs at every boot.
+pub const MAX_SMOKE_TOKENS: u32 = 64;
+/// `provision.temperature_warn_celsius`: an idle GPU at boot above this is badly cooled. (A
+/// GPU at or above its own slowdown threshold is a failure whatever this says.)
+pub const DEFAULT_GPU_TEMPERATURE_WARN_CELSIUS: u32 = 80;
+/// `provision.min_power_limit_percent`: an enforced power limit below this share of the
+/// board's default means someone capped the GPU, and throughput with it.
+pub const DEFAULT_MIN_POWER_LIMIT_PERCENT: u32 = 90;
+
 /// The whole file. Unknown keys are errors, so a typo never silently falls back to a default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub onnxruntime: OnnxRuntimeConfig,
     pub engine: EngineConfig,
+    pub provision: ProvisionConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -129,6 +152,51 @@ pub enum CudnnConvAlgoSearch {
     Default,
 }
 
+/// `[provision]`: what `moebox provision` expects of the machine before engines may start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvisionConfig {
+    /// NVIDIA GPUs the appliance must have; fewer is a failure, more a warning.
+    pub expected_gpus: u32,
+    /// Pass (with warnings) when no NVIDIA GPU is present, for a CPU-only appliance.
+    pub allow_cpu_only: bool,
+    /// The MIG mode every GPU must be in.
+    pub mig_enabled: bool,
+    /// Where the report is written (atomically).
+    pub report: PathBuf,
+    /// `sha256sum`-format list of installed artefacts to verify.
+    pub artefacts: PathBuf,
+    /// Model folder for the CUDA smoke test. Unset: `engine.model`. Set it to a small fp32
+    /// export when the served model cannot run on the CPU provider (a CUDA-only export).
+    pub smoke_model: Option<PathBuf>,
+    pub smoke_tokens: u32,
+    pub temperature_warn_celsius: u32,
+    pub min_power_limit_percent: u32,
+}
+
+impl Default for ProvisionConfig {
+    fn default() -> Self {
+        Self {
+            expected_gpus: DEFAULT_EXPECTED_GPUS,
+            allow_cpu_only: DEFAULT_ALLOW_CPU_ONLY,
+            mig_enabled: DEFAULT_MIG_ENABLED,
+            report: PathBuf::from(DEFAULT_PROVISION_REPORT),
+            artefacts: PathBuf::from(DEFAULT_ARTEFACT_SUMS),
+            smoke_model: None,
+            smoke_tokens: DEFAULT_SMOKE_TOKENS,
+            temperature_warn_celsius: DEFAULT_GPU_TEMPERATURE_WARN_CELSIUS,
+            min_power_limit_percent: DEFAULT_MIN_POWER_LIMIT_PERCENT,
+        }
+    }
+}
+
+impl ProvisionConfig {
+    /// The model folder the smoke test loads.
+    pub fn smoke_model<'a>(&'a self, engine: &'a EngineConfig) -> &'a Path {
+        self.smoke_model.as_deref().unwrap_or(&engine.model)
+    }
+}
+
 /// A mistake in the configuration, with the dotted path of the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -212,6 +280,57 @@ impl Config {
                 "must be a path to libonnxruntime.so, or be left out".to_owned(),
             ));
         }
+        self.validate_provision(origin)
+    }
+
+    fn validate_provision(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let provision = &self.provision;
+        if provision.expected_gpus == 0 {
+            return Err(invalid(
+                "provision.expected_gpus",
+                "must be at least 1, got 0 (a CPU-only appliance sets provision.allow_cpu_only = true)"
+                    .to_owned(),
+            ));
+        }
+        if !(1..=MAX_SMOKE_TOKENS).contains(&provision.smoke_tokens) {
+            return Err(invalid(
+                "provision.smoke_tokens",
+                format!(
+                    "must be between 1 and {MAX_SMOKE_TOKENS}, got {}",
+                    provision.smoke_tokens
+                ),
+            ));
+        }
+        if !(1..=100).contains(&provision.min_power_limit_percent) {
+            return Err(invalid(
+                "provision.min_power_limit_percent",
+                format!(
+                    "must be between 1 and 100, got {}",
+                    provision.min_power_limit_percent
+                ),
+            ));
+        }
+        for (key, path) in [
+            ("provision.report", &provision.report),
+            ("provision.artefacts", &provision.artefacts),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(invalid(key, "must be a path".to_owned()));
+            }
+        }
+        if let Some(model) = &provision.smoke_model
+            && model.as_os_str().is_empty()
+        {
+            return Err(invalid(
+                "provision.smoke_model",
+                "must name a model folder, or be left out (engine.model is used)".to_owned(),
+            ));
+        }
         Ok(())
     }
 
@@ -279,10 +398,46 @@ mod tests {
     }
 
     #[test]
+    fn provision_defaults_expect_two_gpus_without_mig() {
+        let config = Config::from_toml_str("", "<test>").expect("empty config is valid");
+        assert_eq!(config.provision.expected_gpus, DEFAULT_EXPECTED_GPUS);
+        assert!(!config.provision.allow_cpu_only);
+        assert!(!config.provision.mig_enabled);
+        assert_eq!(
+            config.provision.smoke_model(&config.engine),
+            Path::new(DEFAULT_MODEL_DIR)
+        );
+    }
+
+    #[test]
+    fn provision_limits_are_checked_with_their_key() {
+        for (text, key) in [
+            (
+                "[provision]\nexpected_gpus = 0\n",
+                "provision.expected_gpus",
+            ),
+            ("[provision]\nsmoke_tokens = 0\n", "provision.smoke_tokens"),
+            ("[provision]\nsmoke_tokens = 65\n", "provision.smoke_tokens"),
+            (
+                "[provision]\nmin_power_limit_percent = 101\n",
+                "provision.min_power_limit_percent",
+            ),
+            ("[provision]\nreport = \"\"\n", "provision.report"),
+            ("[provision]\nsmoke_model = \"\"\n", "provision.smoke_model"),
+            ("[provision]\ncpu_only = true\n", "provision.cpu_only"),
+        ] {
+            let err = Config::from_toml_str(text, "<test>").expect_err(text);
+            assert_eq!(err.key(), Some(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn round_trips_through_toml() {
         let mut config = Config::default();
         config.engine.execution_provider = ExecutionProviderKind::Cpu;
         config.onnxruntime.library = Some(PathBuf::from("/opt/ort/libonnxruntime.so"));
+        config.provision.allow_cpu_only = true;
+        config.provision.smoke_model = Some(PathBuf::from("/usr/share/moebox/smoke-model"));
         let text = config.to_toml_string();
         assert_eq!(
             Config::from_toml_str(&text, "<roundtrip>").expect("parses"),

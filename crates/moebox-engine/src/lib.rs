@@ -1,6 +1,7 @@
 //! The moebox engine: loads an onnxruntime-genai model folder and generates tokens with ONNX
 //! Runtime. This is the only crate that links `ort`.
 
+pub mod batch;
 pub mod chat_template;
 pub mod genai_config;
 pub mod generate;

@@ -80,7 +80,7 @@ pub enum ModelError {
     },
 }
 
-fn run_error(during: &'static str) -> impl Fn(ort::Error) -> ModelError {
+pub(crate) fn run_error(during: &'static str) -> impl Fn(ort::Error) -> ModelError {
     move |e| ModelError::Run {
         during,
         message: e.to_string(),
@@ -152,6 +152,14 @@ impl Model {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub(crate) fn session(&self) -> &Session {
+        &self.session
+    }
+
+    pub(crate) fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
     }
 
     /// Allocates an empty KV cache for `batch` rows of up to `capacity` positions each.
@@ -396,7 +404,7 @@ pub const SLIDING_WINDOW_SLACK: usize = 16;
 /// The exporter marks these layers `sliding_window_cache=1`: GroupQueryAttention keeps only the
 /// most recent positions in a buffer at least `window_size` long and evicts by itself, so the
 /// buffer never grows and the engine feeds back exactly the present it got.
-fn layer_rows(spec: &ModelSpec, layer: usize, capacity: usize) -> Option<usize> {
+pub(crate) fn layer_rows(spec: &ModelSpec, layer: usize, capacity: usize) -> Option<usize> {
     let window = spec.sliding_window.as_ref()?;
     let sliding = window.layers.is_empty() || window.layers.contains(&layer);
     sliding.then(|| {
@@ -621,7 +629,7 @@ fn tensor_info(ty: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
     }
 }
 
-fn integer_tensor(
+pub(crate) fn integer_tensor(
     ty: TensorElementType,
     shape: &[i64],
     values: impl Iterator<Item = i64>,
@@ -638,7 +646,7 @@ fn integer_tensor(
 
 /// A zero-filled tensor on `device`: zeroed on the host, copied to the GPU where needed, as
 /// onnxruntime-genai does with its KV buffers.
-fn zeroed_tensor(
+pub(crate) fn zeroed_tensor(
     session: &Session,
     device: Device,
     ty: TensorElementType,

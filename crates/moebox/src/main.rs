@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod generate;
+mod provision;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Generate from a raw prompt with a model folder, without the gateway.
     Generate(generate::GenerateArgs),
+    /// Check and prepare the GPUs; the engines start only after it passes.
+    Provision(provision::ProvisionArgs),
     /// Configuration file commands.
     Config {
         #[command(subcommand)]
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Provision(args) => return provision::run(args),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => moebox_config::Config::load(&config)
