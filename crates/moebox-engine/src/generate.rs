@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     model::{Model, ModelError},
-    sampling::{Sampler, SamplingError, SamplingParams},
-    stop::{StopError, StopMatcher},
-    tokenizer::{IncrementalDecoder, TokenizerError},
+    sampling::{SamplingError, SamplingParams},
+    sequence::{StreamError, TokenStream},
+    stop::StopError,
+    tokenizer::TokenizerError,
 };
 
 /// A generation request whose every field has been checked ([`GenerationRequest::validate`]).
@@ -23,26 +24,7 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// EOS or a stop sequence.
-    Stop,
-    /// `max_tokens` or the context length.
-    Length,
-    /// The caller cancelled between steps.
-    Cancelled,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stop => "stop",
-            Self::Length => "length",
-            Self::Cancelled => "cancelled",
-        }
-    }
-}
+pub use moebox_protocol::FinishReason;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Generation {
@@ -102,6 +84,16 @@ pub enum GenerateError {
     Tokenizer(#[from] TokenizerError),
 }
 
+impl From<StreamError> for GenerateError {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::Sampling(e) => Self::Sampling(e),
+            StreamError::Stop(e) => Self::Stop(e),
+            StreamError::Tokenizer(e) => Self::Tokenizer(e),
+        }
+    }
+}
+
 /// The completion length a request gets, checked against the context length.
 pub fn completion_budget(
     prompt_len: usize,
@@ -156,11 +148,13 @@ pub fn generate(
             vocab_size: model.spec.vocab_size,
         });
     }
-    let mut sampler = Sampler::new(request.sampling.clone(), prompt)?;
-    let mut stops = StopMatcher::new(request.stop.clone())?;
+    let mut stream = TokenStream::new(
+        request.sampling.clone(),
+        request.stop.clone(),
+        prompt,
+        budget,
+    )?;
     let mut cache = model.new_cache(1, prompt.len() + budget)?;
-    let mut decoder = IncrementalDecoder::new();
-    let mut output_ids = Vec::with_capacity(budget);
     let mut text = String::new();
     let mut emit = |chunk: &str, text: &mut String| {
         if !chunk.is_empty() {
@@ -170,7 +164,6 @@ pub fn generate(
     };
 
     let mut next_input: Vec<u32> = prompt.clone();
-    let mut stopped_by_sequence = false;
     let start = std::time::Instant::now();
     let mut first_token_at = None;
     let finish_reason = loop {
@@ -178,34 +171,18 @@ pub fn generate(
             break FinishReason::Cancelled;
         }
         let mut logits = model.forward(&mut cache, &next_input)?;
-        let token = sampler.sample(&mut logits);
+        let accepted = stream.sample_and_accept(&mut logits, &model.spec, &model.tokenizer)?;
         first_token_at.get_or_insert_with(std::time::Instant::now);
-        output_ids.push(token);
-        if model.spec.is_eos(token) {
-            break FinishReason::Stop;
-        }
-        let chunk = decoder.push(&model.tokenizer, token)?;
-        let outcome = stops.push(&chunk);
-        emit(&outcome.emit, &mut text);
-        if outcome.stopped {
-            stopped_by_sequence = true;
-            break FinishReason::Stop;
-        }
-        if output_ids.len() >= budget {
-            break FinishReason::Length;
+        emit(&accepted.text, &mut text);
+        if let Some(reason) = accepted.finished {
+            break reason;
         }
         next_input.clear();
-        next_input.push(token);
+        next_input.push(accepted.token);
     };
-    if !stopped_by_sequence {
-        let rest = decoder.finish(&model.tokenizer)?;
-        let outcome = stops.push(&rest);
-        emit(&outcome.emit, &mut text);
-        if !outcome.stopped {
-            let held = stops.finish();
-            emit(&held, &mut text);
-        }
-    }
+    let rest = stream.finish(&model.tokenizer)?;
+    emit(&rest, &mut text);
+    let output_ids = stream.output_ids().to_vec();
     let end = std::time::Instant::now();
     let first = first_token_at.unwrap_or(end);
     Ok(Generation {

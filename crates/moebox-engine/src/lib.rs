@@ -8,5 +8,7 @@ pub mod generate;
 pub mod model;
 pub mod runtime;
 pub mod sampling;
+pub mod scheduler;
+pub mod sequence;
 pub mod stop;
 pub mod tokenizer;

@@ -99,7 +99,7 @@ pub struct TensorTypes {
 #[derive(Debug)]
 pub struct Model {
     pub spec: ModelSpec,
-    pub tokenizer: Tokenizer,
+    pub tokenizer: std::sync::Arc<Tokenizer>,
     pub chat_template: Option<ChatTemplate>,
     pub types: TensorTypes,
     pub device: Device,
@@ -116,7 +116,7 @@ impl Model {
         options: &SessionOptions,
     ) -> Result<Self, ModelError> {
         let spec = ModelSpec::from_model_dir(dir)?;
-        let tokenizer = Tokenizer::from_model_dir(dir)?;
+        let tokenizer = std::sync::Arc::new(Tokenizer::from_model_dir(dir)?);
         let chat_template = ChatTemplate::from_model_dir(dir)?;
         let model_path = dir.join(&spec.filename);
         let (session, device) = open_session(&runtime.environment, &model_path, options)?;
