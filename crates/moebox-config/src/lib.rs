@@ -30,6 +30,19 @@ pub const DEFAULT_MODEL_DIR: &str = "/usr/share/moebox/model";
 pub const DEFAULT_INTRA_OP_THREADS: usize = 0;
 /// `engine.max_tokens`: completion length when a request names none.
 pub const DEFAULT_MAX_TOKENS: u32 = 256;
+/// `engine.kv_budget_tokens`: KV positions the engine holds in all (split into batch rows).
+pub const DEFAULT_KV_BUDGET_TOKENS: usize = 32_768;
+/// `engine.max_sequence_tokens`: positions one request may hold (prompt + completion); 0 means
+/// the model's context length. Each running request reserves a row this long.
+pub const DEFAULT_MAX_SEQUENCE_TOKENS: usize = 4_096;
+/// `engine.max_waiting`: requests that may wait for a free batch row before new ones are
+/// refused with Retry-After.
+pub const DEFAULT_MAX_WAITING: usize = 64;
+/// `engine.prefill_chunk_tokens`: prompt tokens prefilled per scheduler step, so a long prompt
+/// does not stall the running streams.
+pub const DEFAULT_PREFILL_CHUNK_TOKENS: usize = 512;
+/// `engine.socket`: the engine's Unix socket; `{gpu}` is replaced by the GPU index.
+pub const DEFAULT_ENGINE_SOCKET: &str = "/run/moebox/engine-{gpu}.sock";
 /// `engine.cuda.memory_limit_bytes`: 0 means no limit beyond the device's memory.
 pub const DEFAULT_CUDA_MEMORY_LIMIT_BYTES: u64 = 0;
 
@@ -83,7 +96,19 @@ pub struct EngineConfig {
     pub allow_cpu_fallback: bool,
     pub intra_op_threads: usize,
     pub max_tokens: u32,
+    pub kv_budget_tokens: usize,
+    pub max_sequence_tokens: usize,
+    pub max_waiting: usize,
+    pub prefill_chunk_tokens: usize,
+    pub socket: String,
     pub cuda: CudaConfig,
+}
+
+impl EngineConfig {
+    /// The socket path for GPU `gpu`.
+    pub fn socket_for(&self, gpu: u32) -> PathBuf {
+        PathBuf::from(self.socket.replace("{gpu}", &gpu.to_string()))
+    }
 }
 
 impl Default for EngineConfig {
@@ -94,6 +119,11 @@ impl Default for EngineConfig {
             allow_cpu_fallback: false,
             intra_op_threads: DEFAULT_INTRA_OP_THREADS,
             max_tokens: DEFAULT_MAX_TOKENS,
+            kv_budget_tokens: DEFAULT_KV_BUDGET_TOKENS,
+            max_sequence_tokens: DEFAULT_MAX_SEQUENCE_TOKENS,
+            max_waiting: DEFAULT_MAX_WAITING,
+            prefill_chunk_tokens: DEFAULT_PREFILL_CHUNK_TOKENS,
+            socket: DEFAULT_ENGINE_SOCKET.to_owned(),
             cuda: CudaConfig::default(),
         }
     }
@@ -266,6 +296,32 @@ impl Config {
                 "must be at least 1, got 0".to_owned(),
             ));
         }
+        for (key, value) in [
+            ("engine.kv_budget_tokens", self.engine.kv_budget_tokens),
+            ("engine.max_waiting", self.engine.max_waiting),
+            ("engine.prefill_chunk_tokens", self.engine.prefill_chunk_tokens),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1, got 0".to_owned()));
+            }
+        }
+        if self.engine.max_sequence_tokens != 0
+            && self.engine.kv_budget_tokens < self.engine.max_sequence_tokens
+        {
+            return Err(invalid(
+                "engine.kv_budget_tokens",
+                format!(
+                    "must hold at least one sequence of engine.max_sequence_tokens = {}, got {}",
+                    self.engine.max_sequence_tokens, self.engine.kv_budget_tokens
+                ),
+            ));
+        }
+        if !self.engine.socket.starts_with('/') {
+            return Err(invalid(
+                "engine.socket",
+                format!("must be an absolute path, got {:?}", self.engine.socket),
+            ));
+        }
         if self.engine.model.as_os_str().is_empty() {
             return Err(invalid(
                 "engine.model",
@@ -383,6 +439,26 @@ mod tests {
         assert_eq!(err.key(), Some("engine.execution_provider"));
         let text = err.to_string();
         assert!(text.contains("cpu") && text.contains("cuda"), "{text}");
+    }
+
+    #[test]
+    fn kv_budget_smaller_than_one_sequence_is_rejected() {
+        let err = Config::from_toml_str(
+            "[engine]\nkv_budget_tokens = 100\nmax_sequence_tokens = 4096\n",
+            "<test>",
+        )
+        .expect_err("budget below one row");
+        assert_eq!(err.key(), Some("engine.kv_budget_tokens"));
+        assert!(err.to_string().contains("4096"), "{err}");
+    }
+
+    #[test]
+    fn socket_path_takes_the_gpu_index() {
+        let config = Config::default();
+        assert_eq!(
+            config.engine.socket_for(1),
+            PathBuf::from("/run/moebox/engine-1.sock")
+        );
     }
 
     #[test]

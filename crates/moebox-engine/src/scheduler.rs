@@ -60,6 +60,21 @@ pub struct SchedulerLimits {
 }
 
 impl SchedulerLimits {
+    /// The limits `[engine]` sets for a model of `context_length` positions.
+    pub fn from_config(engine: &moebox_config::EngineConfig, context_length: usize) -> Self {
+        let row_capacity = match engine.max_sequence_tokens {
+            0 => context_length,
+            n => n.min(context_length),
+        };
+        Self {
+            kv_budget_tokens: engine.kv_budget_tokens,
+            row_capacity,
+            max_waiting: engine.max_waiting,
+            prefill_chunk_tokens: engine.prefill_chunk_tokens,
+            default_max_tokens: engine.max_tokens,
+        }
+    }
+
     /// Rows the budget holds (at least one).
     pub fn rows(&self) -> usize {
         (self.kv_budget_tokens / self.row_capacity.max(1)).max(1)
