@@ -299,7 +299,10 @@ impl Config {
         for (key, value) in [
             ("engine.kv_budget_tokens", self.engine.kv_budget_tokens),
             ("engine.max_waiting", self.engine.max_waiting),
-            ("engine.prefill_chunk_tokens", self.engine.prefill_chunk_tokens),
+            (
+                "engine.prefill_chunk_tokens",
+                self.engine.prefill_chunk_tokens,
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1, got 0".to_owned()));

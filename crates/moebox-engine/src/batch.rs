@@ -174,12 +174,17 @@ impl BatchCache {
                 if on_host {
                     copy_within_host(buffer, self.kv_type, source..source + row_elems, target)?;
                 } else {
-                    let shape = [row_elems as i64];
-                    let from_view = view(buffer, &self.kv_memory, self.kv_type, source, &shape)?;
-                    let to_view = view(buffer, &self.kv_memory, self.kv_type, target, &shape)?;
-                    from_view
-                        .copy_into(to_view)
-                        .map_err(run_error("moving a KV row"))?;
+                    // `ort`'s `copy_into` deadlocks on borrowed views (its identity-session path
+                    // re-enters its own lock), so rows on the GPU move with cudaMemcpy.
+                    let elem = element_bytes(self.kv_type);
+                    let base = buffer.data_ptr_mut().cast::<u8>();
+                    cuda::copy_device_to_device(
+                        base,
+                        source * elem,
+                        target * elem,
+                        row_elems * elem,
+                        buffer_bytes(buffer, elem),
+                    )?;
                 }
             }
         }
@@ -404,6 +409,89 @@ fn copy_within_host(
         }
     }
     Ok(())
+}
+
+fn buffer_bytes(buffer: &DynTensor, elem: usize) -> usize {
+    buffer
+        .shape()
+        .iter()
+        .map(|&d| d.max(0) as usize)
+        .product::<usize>()
+        * elem
+}
+
+/// Device-to-device copies within one CUDA allocation, through the CUDA runtime that the CUDA
+/// execution provider itself loads.
+mod cuda {
+    use std::sync::OnceLock;
+
+    use crate::model::ModelError;
+
+    /// `cudaMemcpyDeviceToDevice` in `cudaMemcpyKind`.
+    const DEVICE_TO_DEVICE: i32 = 3;
+    /// The CUDA 13 runtime, as onnxruntime-gpu 1.31.1 links it.
+    const CUDART: &str = "libcudart.so.13";
+
+    type Memcpy =
+        unsafe extern "C" fn(*mut std::ffi::c_void, *const std::ffi::c_void, usize, i32) -> i32;
+
+    fn library() -> Result<&'static libloading::Library, ModelError> {
+        static LIBRARY: OnceLock<Result<libloading::Library, String>> = OnceLock::new();
+        // SAFETY: loading the CUDA runtime runs its initialisers, which have no preconditions;
+        // the CUDA execution provider has already loaded the same library into this process.
+        LIBRARY
+            .get_or_init(|| unsafe { libloading::Library::new(CUDART) }.map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|message| ModelError::Run {
+                during: "moving a KV row",
+                message: format!("cannot load {CUDART}: {message}"),
+            })
+    }
+
+    /// Copies `len` bytes from `base + from` to `base + to`; both ranges must lie inside the
+    /// device allocation of `total` bytes that starts at `base`.
+    pub(super) fn copy_device_to_device(
+        base: *mut u8,
+        from: usize,
+        to: usize,
+        len: usize,
+        total: usize,
+    ) -> Result<(), ModelError> {
+        if from.max(to) + len > total || from.abs_diff(to) < len {
+            return Err(ModelError::Run {
+                during: "moving a KV row",
+                message: format!(
+                    "bytes {from}/{to}+{len} overlap or leave an allocation of {total}"
+                ),
+            });
+        }
+        let library = library()?;
+        // SAFETY: `cudaMemcpy` has exactly this signature in every CUDA runtime.
+        let memcpy: libloading::Symbol<'_, Memcpy> = unsafe { library.get(b"cudaMemcpy\0") }
+            .map_err(|e| ModelError::Run {
+                during: "moving a KV row",
+                message: format!("{CUDART} has no cudaMemcpy: {e}"),
+            })?;
+        // SAFETY: both ranges lie inside one live device allocation (checked above) and do not
+        // overlap; cudaMemcpy is synchronous and the session is not running (the scheduler
+        // calls this between runs, whose outputs were already read on the host).
+        let status = unsafe {
+            memcpy(
+                base.add(to).cast(),
+                base.add(from).cast_const().cast(),
+                len,
+                DEVICE_TO_DEVICE,
+            )
+        };
+        if status == 0 {
+            Ok(())
+        } else {
+            Err(ModelError::Run {
+                during: "moving a KV row",
+                message: format!("cudaMemcpy failed with CUDA error {status}"),
+            })
+        }
+    }
 }
 
 fn element_bytes(ty: TensorElementType) -> usize {

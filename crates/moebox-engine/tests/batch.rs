@@ -38,7 +38,24 @@ struct Row {
 
 #[test]
 fn rows_at_different_positions_decode_as_they_would_alone() {
-    let mut model = model();
+    check_batch_invariance(model());
+}
+
+/// The same on an NVIDIA GPU with the fp16 CUDA export (tests/gpu/run.sh runs it there).
+#[test]
+fn gpu_rows_at_different_positions_decode_as_they_would_alone_on_cuda() {
+    let runtime = moebox_engine::runtime::load(None).expect("ONNX Runtime GPU (ORT_DYLIB_PATH)");
+    let options = SessionOptions {
+        execution_provider: moebox_config::ExecutionProviderKind::Cuda,
+        ..SessionOptions::cpu()
+    };
+    let dir = reference::repo_root().join("tests/gpu/tiny-moe-fp16-cuda");
+    let model = Model::load(&runtime, &dir, &options).expect("fp16 CUDA export loads on GPU 0");
+    assert_eq!(model.device, moebox_engine::model::Device::Cuda(0));
+    check_batch_invariance(model);
+}
+
+fn check_batch_invariance(mut model: Model) {
     let prompts = [
         "Hello, world!",
         "The balance sheet shows",
