@@ -8,7 +8,9 @@
 
 use std::{
     fmt,
+    net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
@@ -68,6 +70,56 @@ pub const DEFAULT_GPU_TEMPERATURE_WARN_CELSIUS: u32 = 80;
 /// board's default means someone capped the GPU, and throughput with it.
 pub const DEFAULT_MIN_POWER_LIMIT_PERCENT: u32 = 90;
 
+/// `ledger.database`: the SQLite database of keys, usage and telemetry.
+pub const DEFAULT_LEDGER_DATABASE: &str = "/var/lib/moebox/moebox.sqlite";
+
+/// `gateway.listen`: where the OpenAI API is served. Loopback until TLS lands: plaintext is
+/// refused on any other address unless `gateway.insecure_plaintext` says otherwise.
+pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:8080";
+/// `gateway.insecure_plaintext`: serve plaintext HTTP on a non-loopback address.
+pub const DEFAULT_GATEWAY_INSECURE_PLAINTEXT: bool = false;
+/// `gateway.engine_count`: engines at `engine.socket` for GPUs `0..engine_count`, when
+/// `gateway.engines` lists none; one per GPU.
+pub const DEFAULT_GATEWAY_ENGINE_COUNT: u32 = DEFAULT_EXPECTED_GPUS;
+/// `gateway.engine_poll_interval_ms`: how often each engine's readiness and load are polled.
+pub const DEFAULT_GATEWAY_ENGINE_POLL_INTERVAL: Duration = Duration::from_millis(1_000);
+/// `gateway.engine_connect_timeout_ms`: connecting to an engine socket and getting its answer
+/// head; a wedged engine is skipped (and the request failed over) after this.
+pub const DEFAULT_GATEWAY_ENGINE_CONNECT_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// `gateway.max_body_bytes`: largest request body; larger is 413. The longest prompt the
+/// engine accepts (`engine.max_sequence_tokens`) is far smaller in JSON.
+pub const DEFAULT_GATEWAY_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// `gateway.max_header_bytes`: HTTP/1 request line and headers, and the HTTP/2 header list;
+/// larger is 431. At least [`MIN_GATEWAY_MAX_HEADER_BYTES`].
+pub const DEFAULT_GATEWAY_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// The smallest `gateway.max_header_bytes`: hyper's smallest HTTP/1 read buffer.
+pub const MIN_GATEWAY_MAX_HEADER_BYTES: usize = 8 * 1024;
+/// `gateway.max_headers`: most header fields in one HTTP/1 request; more is 431.
+pub const DEFAULT_GATEWAY_MAX_HEADERS: usize = 64;
+/// `gateway.header_read_timeout_seconds`: a client must send a whole request head within this
+/// (slowloris); on HTTP/1 it also closes connections idle between requests.
+pub const DEFAULT_GATEWAY_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// `gateway.max_connections`: open client connections; beyond it new ones wait in the
+/// kernel's accept backlog.
+pub const DEFAULT_GATEWAY_MAX_CONNECTIONS: usize = 1_024;
+/// `gateway.http2_max_concurrent_streams`: requests in flight on one HTTP/2 connection.
+pub const DEFAULT_GATEWAY_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 64;
+/// `gateway.request_deadline_seconds`: the most one request may take, streaming included;
+/// a generation still running then is cancelled.
+pub const DEFAULT_GATEWAY_REQUEST_DEADLINE: Duration = Duration::from_secs(600);
+/// `gateway.sse_keepalive_seconds`: a comment line on a quiet stream, so proxies and clients
+/// do not time out while a request waits for a batch row.
+pub const DEFAULT_GATEWAY_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+/// `gateway.per_key_max_concurrent`: requests one key may have in flight; more is 429.
+pub const DEFAULT_GATEWAY_PER_KEY_MAX_CONCURRENT: usize = 16;
+/// `gateway.max_queued_requests`: generation requests the gateway holds at once (running in
+/// an engine or waiting for one); more is 503 with Retry-After.
+pub const DEFAULT_GATEWAY_MAX_QUEUED_REQUESTS: usize = 256;
+/// `gateway.retry_after_seconds`: the Retry-After sent when no engine can take a request.
+pub const DEFAULT_GATEWAY_RETRY_AFTER_SECONDS: u32 = 2;
+/// `gateway.shutdown_grace_seconds`: on SIGTERM, how long in-flight streams may finish.
+pub const DEFAULT_GATEWAY_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// The whole file. Unknown keys are errors, so a typo never silently falls back to a default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -75,6 +127,8 @@ pub struct Config {
     pub onnxruntime: OnnxRuntimeConfig,
     pub engine: EngineConfig,
     pub provision: ProvisionConfig,
+    pub ledger: LedgerConfig,
+    pub gateway: GatewayConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -227,6 +281,118 @@ impl ProvisionConfig {
     }
 }
 
+/// `[ledger]`: the database the gateway is the only writer of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    pub database: PathBuf,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            database: PathBuf::from(DEFAULT_LEDGER_DATABASE),
+        }
+    }
+}
+
+/// `[gateway]`: the only process facing the network. Every bound is here, named.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// `ADDRESS:PORT`.
+    pub listen: String,
+    pub insecure_plaintext: bool,
+    /// Engine sockets, explicitly. Empty: `engine.socket` for GPUs `0..engine_count`.
+    pub engines: Vec<PathBuf>,
+    pub engine_count: u32,
+    pub engine_poll_interval_ms: u64,
+    pub engine_connect_timeout_ms: u64,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout_seconds: u64,
+    pub max_connections: usize,
+    pub http2_max_concurrent_streams: u32,
+    pub request_deadline_seconds: u64,
+    pub sse_keepalive_seconds: u64,
+    pub per_key_max_concurrent: usize,
+    pub max_queued_requests: usize,
+    pub retry_after_seconds: u32,
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_GATEWAY_LISTEN.to_owned(),
+            insecure_plaintext: DEFAULT_GATEWAY_INSECURE_PLAINTEXT,
+            engines: Vec::new(),
+            engine_count: DEFAULT_GATEWAY_ENGINE_COUNT,
+            engine_poll_interval_ms: millis(DEFAULT_GATEWAY_ENGINE_POLL_INTERVAL),
+            engine_connect_timeout_ms: millis(DEFAULT_GATEWAY_ENGINE_CONNECT_TIMEOUT),
+            max_body_bytes: DEFAULT_GATEWAY_MAX_BODY_BYTES,
+            max_header_bytes: DEFAULT_GATEWAY_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_GATEWAY_MAX_HEADERS,
+            header_read_timeout_seconds: DEFAULT_GATEWAY_HEADER_READ_TIMEOUT.as_secs(),
+            max_connections: DEFAULT_GATEWAY_MAX_CONNECTIONS,
+            http2_max_concurrent_streams: DEFAULT_GATEWAY_HTTP2_MAX_CONCURRENT_STREAMS,
+            request_deadline_seconds: DEFAULT_GATEWAY_REQUEST_DEADLINE.as_secs(),
+            sse_keepalive_seconds: DEFAULT_GATEWAY_SSE_KEEPALIVE.as_secs(),
+            per_key_max_concurrent: DEFAULT_GATEWAY_PER_KEY_MAX_CONCURRENT,
+            max_queued_requests: DEFAULT_GATEWAY_MAX_QUEUED_REQUESTS,
+            retry_after_seconds: DEFAULT_GATEWAY_RETRY_AFTER_SECONDS,
+            shutdown_grace_seconds: DEFAULT_GATEWAY_SHUTDOWN_GRACE.as_secs(),
+        }
+    }
+}
+
+const fn millis(duration: Duration) -> u64 {
+    duration.as_millis() as u64
+}
+
+impl GatewayConfig {
+    /// The listen address; [`Config::from_toml_str`] has checked that it parses.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+
+    /// The engine sockets the router polls and sends to.
+    pub fn engine_sockets(&self, engine: &EngineConfig) -> Vec<PathBuf> {
+        if self.engines.is_empty() {
+            (0..self.engine_count)
+                .map(|gpu| engine.socket_for(gpu))
+                .collect()
+        } else {
+            self.engines.clone()
+        }
+    }
+
+    pub fn engine_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.engine_poll_interval_ms)
+    }
+
+    pub fn engine_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.engine_connect_timeout_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_seconds)
+    }
+
+    pub fn request_deadline(&self) -> Duration {
+        Duration::from_secs(self.request_deadline_seconds)
+    }
+
+    pub fn sse_keepalive(&self) -> Duration {
+        Duration::from_secs(self.sse_keepalive_seconds)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+}
+
 /// A mistake in the configuration, with the dotted path of the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -339,7 +505,127 @@ impl Config {
                 "must be a path to libonnxruntime.so, or be left out".to_owned(),
             ));
         }
-        self.validate_provision(origin)
+        self.validate_provision(origin)?;
+        self.validate_ledger(origin)?;
+        self.validate_gateway(origin)
+    }
+
+    fn validate_ledger(&self, origin: &str) -> Result<(), ConfigError> {
+        if self.ledger.database.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key: "ledger.database".to_owned(),
+                message: "must be a path to the SQLite database".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_gateway(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let gateway = &self.gateway;
+        let Some(listen) = gateway.listen_addr() else {
+            return Err(invalid(
+                "gateway.listen",
+                format!(
+                    "must be ADDRESS:PORT (such as {DEFAULT_GATEWAY_LISTEN}), got {:?}",
+                    gateway.listen
+                ),
+            ));
+        };
+        // TLS is not served yet: plaintext leaves the machine only when asked for by name.
+        if !listen.ip().is_loopback() && !gateway.insecure_plaintext {
+            return Err(invalid(
+                "gateway.listen",
+                format!(
+                    "{listen} is not a loopback address, and the gateway serves plaintext HTTP: \
+                     listen on 127.0.0.1 or ::1, or set gateway.insecure_plaintext = true"
+                ),
+            ));
+        }
+        for (index, socket) in gateway.engines.iter().enumerate() {
+            if !socket.is_absolute() {
+                return Err(invalid(
+                    &format!("gateway.engines[{index}]"),
+                    format!("must be an absolute socket path, got {}", socket.display()),
+                ));
+            }
+        }
+        if gateway.engines.is_empty() && gateway.engine_count == 0 {
+            return Err(invalid(
+                "gateway.engine_count",
+                "must be at least 1 when gateway.engines is empty, got 0".to_owned(),
+            ));
+        }
+        for (key, value) in [
+            (
+                "gateway.engine_poll_interval_ms",
+                gateway.engine_poll_interval_ms,
+            ),
+            (
+                "gateway.engine_connect_timeout_ms",
+                gateway.engine_connect_timeout_ms,
+            ),
+            ("gateway.max_body_bytes", gateway.max_body_bytes as u64),
+            ("gateway.max_headers", gateway.max_headers as u64),
+            (
+                "gateway.header_read_timeout_seconds",
+                gateway.header_read_timeout_seconds,
+            ),
+            ("gateway.max_connections", gateway.max_connections as u64),
+            (
+                "gateway.http2_max_concurrent_streams",
+                u64::from(gateway.http2_max_concurrent_streams),
+            ),
+            (
+                "gateway.request_deadline_seconds",
+                gateway.request_deadline_seconds,
+            ),
+            (
+                "gateway.sse_keepalive_seconds",
+                gateway.sse_keepalive_seconds,
+            ),
+            (
+                "gateway.per_key_max_concurrent",
+                gateway.per_key_max_concurrent as u64,
+            ),
+            (
+                "gateway.max_queued_requests",
+                gateway.max_queued_requests as u64,
+            ),
+            (
+                "gateway.retry_after_seconds",
+                u64::from(gateway.retry_after_seconds),
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1, got 0".to_owned()));
+            }
+        }
+        if gateway.max_header_bytes < MIN_GATEWAY_MAX_HEADER_BYTES {
+            return Err(invalid(
+                "gateway.max_header_bytes",
+                format!(
+                    "must be at least {MIN_GATEWAY_MAX_HEADER_BYTES}, got {}",
+                    gateway.max_header_bytes
+                ),
+            ));
+        }
+        if u32::try_from(gateway.max_header_bytes).is_err() {
+            return Err(invalid(
+                "gateway.max_header_bytes",
+                format!(
+                    "must be at most {}, got {}",
+                    u32::MAX,
+                    gateway.max_header_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_provision(&self, origin: &str) -> Result<(), ConfigError> {
@@ -511,12 +797,114 @@ mod tests {
     }
 
     #[test]
+    fn ledger_and_gateway_defaults() {
+        let config = Config::from_toml_str("", "<test>").expect("empty config is valid");
+        assert_eq!(
+            config.ledger.database,
+            PathBuf::from(DEFAULT_LEDGER_DATABASE)
+        );
+        assert_eq!(
+            config.gateway.max_body_bytes,
+            DEFAULT_GATEWAY_MAX_BODY_BYTES
+        );
+        assert_eq!(
+            config.gateway.header_read_timeout(),
+            DEFAULT_GATEWAY_HEADER_READ_TIMEOUT
+        );
+        assert_eq!(
+            config.gateway.engine_poll_interval(),
+            DEFAULT_GATEWAY_ENGINE_POLL_INTERVAL
+        );
+        assert!(
+            config
+                .gateway
+                .listen_addr()
+                .expect("parses")
+                .ip()
+                .is_loopback()
+        );
+        assert_eq!(
+            config.gateway.engine_sockets(&config.engine),
+            vec![
+                PathBuf::from("/run/moebox/engine-0.sock"),
+                PathBuf::from("/run/moebox/engine-1.sock")
+            ]
+        );
+    }
+
+    #[test]
+    fn explicit_engine_sockets_replace_the_pattern() {
+        let config = Config::from_toml_str("[gateway]\nengines = [\"/tmp/a.sock\"]\n", "<test>")
+            .expect("valid");
+        assert_eq!(
+            config.gateway.engine_sockets(&config.engine),
+            vec![PathBuf::from("/tmp/a.sock")]
+        );
+    }
+
+    #[test]
+    fn plaintext_off_loopback_needs_the_explicit_key() {
+        let err = Config::from_toml_str("[gateway]\nlisten = \"0.0.0.0:8080\"\n", "<test>")
+            .expect_err("plaintext on every interface");
+        assert_eq!(err.key(), Some("gateway.listen"));
+        assert!(err.to_string().contains("insecure_plaintext"), "{err}");
+        Config::from_toml_str(
+            "[gateway]\nlisten = \"0.0.0.0:8080\"\ninsecure_plaintext = true\n",
+            "<test>",
+        )
+        .expect("asked for by name");
+        Config::from_toml_str("[gateway]\nlisten = \"[::1]:8080\"\n", "<test>")
+            .expect("IPv6 loopback");
+    }
+
+    #[test]
+    fn gateway_limits_are_checked_with_their_key() {
+        for (text, key) in [
+            ("[gateway]\nlisten = \"localhost\"\n", "gateway.listen"),
+            ("[gateway]\nmax_body_bytes = 0\n", "gateway.max_body_bytes"),
+            (
+                "[gateway]\nmax_header_bytes = 4096\n",
+                "gateway.max_header_bytes",
+            ),
+            (
+                "[gateway]\nmax_connections = 0\n",
+                "gateway.max_connections",
+            ),
+            (
+                "[gateway]\nper_key_max_concurrent = 0\n",
+                "gateway.per_key_max_concurrent",
+            ),
+            (
+                "[gateway]\nmax_queued_requests = 0\n",
+                "gateway.max_queued_requests",
+            ),
+            ("[gateway]\nengine_count = 0\n", "gateway.engine_count"),
+            (
+                "[gateway]\nengines = [\"rel.sock\"]\n",
+                "gateway.engines[0]",
+            ),
+            (
+                "[gateway]\nsse_keepalive_seconds = 0\n",
+                "gateway.sse_keepalive_seconds",
+            ),
+            ("[gateway]\nmax_body = 5\n", "gateway.max_body"),
+            ("[ledger]\ndatabase = \"\"\n", "ledger.database"),
+        ] {
+            let err = Config::from_toml_str(text, "<test>").expect_err(text);
+            assert_eq!(err.key(), Some(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn round_trips_through_toml() {
         let mut config = Config::default();
         config.engine.execution_provider = ExecutionProviderKind::Cpu;
         config.onnxruntime.library = Some(PathBuf::from("/opt/ort/libonnxruntime.so"));
         config.provision.allow_cpu_only = true;
         config.provision.smoke_model = Some(PathBuf::from("/usr/share/moebox/smoke-model"));
+        config.ledger.database = PathBuf::from("/tmp/moebox/moebox.sqlite");
+        config.gateway.engines = vec![PathBuf::from("/tmp/moebox/engine-0.sock")];
+        config.gateway.listen = "127.0.0.1:0".to_owned();
         let text = config.to_toml_string();
         assert_eq!(
             Config::from_toml_str(&text, "<roundtrip>").expect("parses"),

@@ -70,7 +70,8 @@ impl BatchCache {
         }
         let mut layers = Vec::with_capacity(spec.num_layers);
         for layer in 0..spec.num_layers {
-            let positions = layer_rows(spec, layer, row_capacity).unwrap_or(row_capacity);
+            let positions =
+                layer_rows(spec, layer, row_capacity, model.kv_device).unwrap_or(row_capacity);
             let shape = [
                 rows as i64,
                 spec.num_kv_heads as i64,
@@ -78,12 +79,12 @@ impl BatchCache {
                 spec.head_size as i64,
             ];
             layers.push(LayerKv {
-                key: zeroed_tensor(model.session(), model.device, model.types.kv, &shape)?,
-                value: zeroed_tensor(model.session(), model.device, model.types.kv, &shape)?,
+                key: zeroed_tensor(model.session(), model.kv_device, model.types.kv, &shape)?,
+                value: zeroed_tensor(model.session(), model.kv_device, model.types.kv, &shape)?,
                 positions,
             });
         }
-        let kv_memory = match model.device {
+        let kv_memory = match model.kv_device {
             Device::Cpu => MemoryInfo::new(
                 AllocationDevice::CPU,
                 0,
@@ -113,7 +114,7 @@ impl BatchCache {
             rows,
             row_capacity,
             kv_type: model.types.kv,
-            device: model.device,
+            device: model.kv_device,
             kv_memory,
             logits_memory: MemoryInfo::new(
                 AllocationDevice::CPU,

@@ -103,6 +103,9 @@ pub struct Model {
     pub chat_template: Option<ChatTemplate>,
     pub types: TensorTypes,
     pub device: Device,
+    /// Where the KV cache lives: the session's device, except for an fp32 export on CUDA,
+    /// whose GroupQueryAttention has no fp32 CUDA kernel and runs on the CPU.
+    pub kv_device: Device,
     dir: PathBuf,
     session: Session,
 }
@@ -139,12 +142,22 @@ impl Model {
             %device,
             "model loaded"
         );
+        let kv_device = match device {
+            Device::Cuda(_) if types.kv == TensorElementType::Float32 => {
+                tracing::warn!(
+                    "fp32 export on CUDA: GroupQueryAttention has no fp32 CUDA kernel and runs on the CPU, so the KV cache stays in host memory; export in fp16 or bf16 for the GPU"
+                );
+                Device::Cpu
+            }
+            other => other,
+        };
         Ok(Self {
             spec,
             tokenizer,
             chat_template,
             types,
             device,
+            kv_device,
             dir: dir.to_owned(),
             session,
         })
@@ -321,7 +334,7 @@ impl KvCache {
             let mut keys = Vec::with_capacity(spec.num_layers);
             let mut values = Vec::with_capacity(spec.num_layers);
             for layer in 0..spec.num_layers {
-                let rows = layer_rows(spec, layer, capacity).unwrap_or(capacity);
+                let rows = layer_rows(spec, layer, capacity, model.kv_device).unwrap_or(capacity);
                 for (past, present, store) in [
                     (&names.past_key[layer], &names.present_key[layer], &mut keys),
                     (
@@ -332,7 +345,7 @@ impl KvCache {
                 ] {
                     let mut buffer = zeroed_tensor(
                         &model.session,
-                        model.device,
+                        model.kv_device,
                         model.types.kv,
                         &kv_shape(rows),
                     )?;
@@ -354,7 +367,7 @@ impl KvCache {
             // Full-attention layers start empty and grow by the new positions each step;
             // sliding-window layers keep their fixed rolling buffer.
             let initial = |layer: usize| {
-                let rows = layer_rows(spec, layer, capacity).unwrap_or(0);
+                let rows = layer_rows(spec, layer, capacity, model.kv_device).unwrap_or(0);
                 zeroed_tensor(&model.session, Device::Cpu, model.types.kv, &kv_shape(rows))
             };
             KvStorage::Growing {
@@ -404,11 +417,23 @@ pub const SLIDING_WINDOW_SLACK: usize = 16;
 /// The exporter marks these layers `sliding_window_cache=1`: GroupQueryAttention keeps only the
 /// most recent positions in a buffer at least `window_size` long and evicts by itself, so the
 /// buffer never grows and the engine feeds back exactly the present it got.
-pub(crate) fn layer_rows(spec: &ModelSpec, layer: usize, capacity: usize) -> Option<usize> {
+///
+/// On the CPU the buffer may be longer than the window (onnxruntime-genai adds
+/// [`SLIDING_WINDOW_SLACK`]); the CUDA kernel requires it to be exactly the window.
+pub(crate) fn layer_rows(
+    spec: &ModelSpec,
+    layer: usize,
+    capacity: usize,
+    kv_device: Device,
+) -> Option<usize> {
     let window = spec.sliding_window.as_ref()?;
     let sliding = window.layers.is_empty() || window.layers.contains(&layer);
+    let slack = match kv_device {
+        Device::Cpu => SLIDING_WINDOW_SLACK,
+        Device::Cuda(_) => 0,
+    };
     sliding.then(|| {
-        (window.window_size + SLIDING_WINDOW_SLACK)
+        (window.window_size + slack)
             .min(capacity)
             .max(window.window_size)
             .min(spec.context_length.max(window.window_size))

@@ -266,9 +266,14 @@ fn invalid_requests_name_the_field_and_limit() {
 #[test]
 fn draining_finishes_running_requests_and_refuses_new_ones() {
     let engine = engine(2, 4);
-    let running = engine
+    let mut running = engine
         .submit(text_request("Hello, world!", 40))
         .expect("runs");
+    // Drain once it runs: requests still waiting when draining starts are refused.
+    assert!(matches!(
+        running.events.blocking_recv(),
+        Some(Event::Started { .. })
+    ));
     engine.drain();
     assert_eq!(engine.state(), EngineState::Draining);
     let refusal = engine.submit(text_request("hi", 5)).expect_err("draining");

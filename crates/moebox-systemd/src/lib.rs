@@ -108,7 +108,12 @@ impl Notifier {
                 return None;
             }
         };
-        match UnixDatagram::unbound() {
+        // Non-blocking: a service manager that does not read (its queue holds about ten
+        // datagrams) must cost a lost message, never a scheduler stuck in a watchdog ping.
+        match UnixDatagram::unbound().and_then(|socket| {
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        }) {
             Ok(socket) => Some(Self { address, socket }),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot create the sd_notify socket");
@@ -257,6 +262,16 @@ mod tests {
             .expect("the address is valid");
         notifier.status("nobody listens");
         notifier.ready();
+    }
+
+    #[test]
+    fn a_service_manager_that_does_not_read_never_blocks_the_sender() {
+        let (_dir, path, _listener) = listener();
+        let notifier = Notifier::from_env_value(Some(path.into())).expect("notifier");
+        // Far more than the socket's queue holds; the extra messages are dropped.
+        for _ in 0..1000 {
+            notifier.watchdog();
+        }
     }
 
     #[test]

@@ -2,8 +2,13 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
+mod engine;
 mod generate;
+mod keys;
 mod provision;
+mod serve;
+mod up;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -24,8 +29,21 @@ struct Cli {
 enum Command {
     /// Generate from a raw prompt with a model folder, without the gateway.
     Generate(generate::GenerateArgs),
+    /// Measure the continuous-batching scheduler: throughput, time to first token, memory.
+    Bench(bench::BenchArgs),
+    /// Run one engine worker: the model on GPU N, served on its Unix socket until SIGTERM.
+    Engine(engine::EngineArgs),
     /// Check and prepare the GPUs; the engines start only after it passes.
     Provision(provision::ProvisionArgs),
+    /// Run the gateway: the OpenAI API, keys and routing to the engines, until SIGTERM.
+    Serve(serve::ServeArgs),
+    /// The whole appliance locally on the CPU: engine, gateway, keys; prints URL and keys.
+    Up(up::UpArgs),
+    /// Create, list and revoke API keys.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
     /// Configuration file commands.
     Config {
         #[command(subcommand)]
@@ -47,7 +65,12 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Engine(args) => engine::run(args),
         Command::Provision(args) => return provision::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Up(args) => up::run(args),
+        Command::Keys { command } => keys::run(command),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => moebox_config::Config::load(&config)

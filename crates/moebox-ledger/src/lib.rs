@@ -1,0 +1,472 @@
+//! The appliance's database: one SQLite file under `/var/lib/moebox` (`ledger.database`).
+//!
+//! SQLite in WAL mode, so readers (the CLI, exports) never block the gateway's writes; schema
+//! migrations are versioned in code ([`schema::MIGRATIONS`], tracked in `PRAGMA user_version`);
+//! the gateway process is the one writer, through one [`Ledger`] (`moebox keys` writes from
+//! its own short-lived process, serialised by SQLite's lock and a busy timeout).
+//!
+//! Today it holds API keys ([`Ledger::create_key`], [`Ledger::list_keys`],
+//! [`Ledger::revoke_key`], [`Ledger::verify_key`]); usage records, telemetry samples and the
+//! asset register (issue 5) come as further migrations. Keys are stored only as SHA-256
+//! digests; the plaintext exists once, in [`CreatedKey`].
+
+#![forbid(unsafe_code)]
+
+pub mod key;
+mod schema;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+pub use key::{KeyFormatError, PresentedKey};
+
+/// How long a statement waits for another process's write lock before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest key name or team name.
+pub const MAX_LABEL_CHARS: usize = 64;
+/// The team a key belongs to when none is given.
+pub const DEFAULT_TEAM: &str = "default";
+
+/// Seconds since the Unix epoch (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct UnixSeconds(pub i64);
+
+impl UnixSeconds {
+    pub fn now() -> Self {
+        let seconds = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Self(i64::try_from(seconds).unwrap_or(i64::MAX))
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SSZ`.
+    pub fn to_rfc3339(self) -> String {
+        let days = self.0.div_euclid(86_400);
+        let seconds = self.0.rem_euclid(86_400);
+        let (year, month, day) = civil_from_days(days);
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            seconds / 3600,
+            seconds / 60 % 60,
+            seconds % 60
+        )
+    }
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// What a key may do. Admin keys may also do everything a user key may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The OpenAI API.
+    User,
+    /// The OpenAI API, `/admin/` and `/metrics`.
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Admin => "admin",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "user" => Some(Self::User),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A key to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewKey {
+    pub name: String,
+    pub team: String,
+    pub scope: Scope,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    pub monthly_token_budget: Option<u64>,
+}
+
+impl NewKey {
+    pub fn new(name: impl Into<String>, scope: Scope) -> Self {
+        Self {
+            name: name.into(),
+            team: DEFAULT_TEAM.to_owned(),
+            scope,
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            monthly_token_budget: None,
+        }
+    }
+}
+
+/// A stored key, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyRecord {
+    pub id: i64,
+    pub name: String,
+    pub team: String,
+    pub scope: Scope,
+    /// `mbx_` and the first characters of the secret, to tell keys apart.
+    pub hint: String,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    pub monthly_token_budget: Option<u64>,
+    pub created_at: UnixSeconds,
+    pub revoked_at: Option<UnixSeconds>,
+}
+
+impl KeyRecord {
+    pub fn is_admin(&self) -> bool {
+        self.scope == Scope::Admin
+    }
+}
+
+/// A key just created: the only time its plaintext exists.
+#[derive(Debug)]
+pub struct CreatedKey {
+    pub record: KeyRecord,
+    pub key: PresentedKey,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("cannot open the database {path}: {cause}")]
+    Open {
+        path: PathBuf,
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("database {operation}: {cause}")]
+    Sqlite {
+        operation: &'static str,
+        cause: rusqlite::Error,
+    },
+    #[error(
+        "the database is at schema version {found}, newer than this moebox knows ({known}): \
+         it was written by a newer release"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("{field}: {message}")]
+    InvalidField {
+        field: &'static str,
+        message: String,
+    },
+    #[error("no key with id {0}")]
+    KeyNotFound(i64),
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(String),
+    #[error("the database was locked by a thread that panicked")]
+    Poisoned,
+}
+
+fn sqlite(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> LedgerError {
+    move |cause| LedgerError::Sqlite { operation, cause }
+}
+
+/// Why a presented key is not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("malformed API key: {0}")]
+    Malformed(#[from] KeyFormatError),
+    #[error("unknown API key")]
+    Unknown,
+    #[error("the API key was revoked")]
+    Revoked,
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// What [`Ledger::revoke_key`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    Revoked,
+    AlreadyRevoked(UnixSeconds),
+}
+
+/// The open database. One per process; cheap operations take its connection in turn.
+#[derive(Debug)]
+pub struct Ledger {
+    connection: Mutex<Connection>,
+}
+
+impl Ledger {
+    /// Opens (creating, with mode 0600) the database at `path` and brings its schema up to
+    /// date. The parent folder must exist.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let open_error = |cause: Box<dyn std::error::Error + Send + Sync>| LedgerError::Open {
+            path: path.to_owned(),
+            cause,
+        };
+        create_private_file(path).map_err(|e| open_error(Box::new(e)))?;
+        let connection = Connection::open(path).map_err(|e| open_error(Box::new(e)))?;
+        Self::with_connection(connection).map_err(|e| match e {
+            LedgerError::Sqlite { cause, .. } => open_error(Box::new(cause)),
+            other => other,
+        })
+    }
+
+    /// A private database in memory, for tests.
+    pub fn open_in_memory() -> Result<Self, LedgerError> {
+        let connection = Connection::open_in_memory().map_err(sqlite("open in memory"))?;
+        Self::with_connection(connection)
+    }
+
+    fn with_connection(mut connection: Connection) -> Result<Self, LedgerError> {
+        connection
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(sqlite("set busy timeout"))?;
+        // WAL: readers never block the writer. FULL: a committed row survives power loss.
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(sqlite("enable WAL"))?;
+        connection
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(sqlite("set synchronous"))?;
+        connection
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(sqlite("enable foreign keys"))?;
+        schema::migrate(&mut connection)?;
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn connection(&self) -> Result<MutexGuard<'_, Connection>, LedgerError> {
+        self.connection.lock().map_err(|_| LedgerError::Poisoned)
+    }
+
+    /// The schema version the database is at.
+    pub fn schema_version(&self) -> Result<i64, LedgerError> {
+        schema::version(&*self.connection()?)
+    }
+
+    /// Creates a key; the returned [`CreatedKey`] holds the only copy of its plaintext.
+    pub fn create_key(&self, new: &NewKey, now: UnixSeconds) -> Result<CreatedKey, LedgerError> {
+        let name = check_label("name", &new.name)?;
+        let team = check_label("team", &new.team)?;
+        for (field, value) in [
+            ("requests_per_minute", new.requests_per_minute),
+            ("tokens_per_minute", new.tokens_per_minute),
+        ] {
+            if value == Some(0) {
+                return Err(LedgerError::InvalidField {
+                    field,
+                    message: "must be at least 1 (leave it out for no limit)".to_owned(),
+                });
+            }
+        }
+        let budget = match new.monthly_token_budget {
+            Some(0) => {
+                return Err(LedgerError::InvalidField {
+                    field: "monthly_token_budget",
+                    message: "must be at least 1 (leave it out for no budget)".to_owned(),
+                });
+            }
+            Some(value) => Some(i64::try_from(value).map_err(|_| LedgerError::InvalidField {
+                field: "monthly_token_budget",
+                message: format!("must be at most {}, got {value}", i64::MAX),
+            })?),
+            None => None,
+        };
+        let key = key::generate().map_err(|e| LedgerError::Random(e.to_string()))?;
+        let connection = self.connection()?;
+        connection
+            .execute(
+                "INSERT INTO keys (lookup, digest, name, team, scope, requests_per_minute, \
+                 tokens_per_minute, monthly_token_budget, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    key.lookup(),
+                    key.digest().as_slice(),
+                    name,
+                    team,
+                    new.scope.as_str(),
+                    new.requests_per_minute,
+                    new.tokens_per_minute,
+                    budget,
+                    now.0,
+                ],
+            )
+            .map_err(sqlite("insert key"))?;
+        let id = connection.last_insert_rowid();
+        drop(connection);
+        let record = KeyRecord {
+            id,
+            name: name.to_owned(),
+            team: team.to_owned(),
+            scope: new.scope,
+            hint: hint(key.lookup()),
+            requests_per_minute: new.requests_per_minute,
+            tokens_per_minute: new.tokens_per_minute,
+            monthly_token_budget: new.monthly_token_budget,
+            created_at: now,
+            revoked_at: None,
+        };
+        Ok(CreatedKey { record, key })
+    }
+
+    /// Every key, revoked ones included, oldest first.
+    pub fn list_keys(&self) -> Result<Vec<KeyRecord>, LedgerError> {
+        let connection = self.connection()?;
+        let mut statement = connection
+            .prepare(&format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY id"))
+            .map_err(sqlite("list keys"))?;
+        let rows = statement
+            .query_map([], key_record)
+            .map_err(sqlite("list keys"))?;
+        rows.map(|row| row.map_err(sqlite("read key")))
+            .collect::<Result<Vec<_>, _>>()
+    }
+
+    /// Revokes key `id` from `now` on. Revoking twice is not an error; the first time stands.
+    pub fn revoke_key(&self, id: i64, now: UnixSeconds) -> Result<Revocation, LedgerError> {
+        let connection = self.connection()?;
+        let revoked_at: Option<Option<i64>> = connection
+            .query_row(
+                "SELECT revoked_at FROM keys WHERE id = ?1",
+                params![id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sqlite("find key"))?;
+        match revoked_at {
+            None => Err(LedgerError::KeyNotFound(id)),
+            Some(Some(at)) => Ok(Revocation::AlreadyRevoked(UnixSeconds(at))),
+            Some(None) => {
+                connection
+                    .execute(
+                        "UPDATE keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                        params![id, now.0],
+                    )
+                    .map_err(sqlite("revoke key"))?;
+                Ok(Revocation::Revoked)
+            }
+        }
+    }
+
+    /// The key record for a presented key, if it is well formed, known and not revoked. The
+    /// shape and checksum are checked before the database is touched.
+    pub fn verify_key(&self, presented: &str) -> Result<KeyRecord, VerifyError> {
+        let key = PresentedKey::parse(presented)?;
+        let digest = key.digest();
+        let connection = self.connection().map_err(VerifyError::Ledger)?;
+        let mut statement = connection
+            .prepare(&format!(
+                "SELECT {KEY_COLUMNS}, digest FROM keys WHERE lookup = ?1"
+            ))
+            .map_err(sqlite("verify key"))?;
+        let mut rows = statement
+            .query(params![key.lookup()])
+            .map_err(sqlite("verify key"))?;
+        let mut found = None;
+        while let Some(row) = rows.next().map_err(sqlite("verify key"))? {
+            let stored: Vec<u8> = row.get("digest").map_err(sqlite("read key digest"))?;
+            let Ok(stored) = <[u8; 32]>::try_from(stored.as_slice()) else {
+                continue;
+            };
+            if key::digests_equal(&stored, &digest) {
+                found = Some(key_record(row).map_err(sqlite("read key"))?);
+            }
+        }
+        match found {
+            None => Err(VerifyError::Unknown),
+            Some(record) if record.revoked_at.is_some() => Err(VerifyError::Revoked),
+            Some(record) => Ok(record),
+        }
+    }
+}
+
+const KEY_COLUMNS: &str = "id, name, team, scope, lookup, requests_per_minute, \
+     tokens_per_minute, monthly_token_budget, created_at, revoked_at";
+
+fn key_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
+    let scope: String = row.get("scope")?;
+    let scope = Scope::parse(&scope).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            3,
+            rusqlite::types::Type::Text,
+            format!("unknown scope {scope:?}").into(),
+        )
+    })?;
+    let lookup: String = row.get("lookup")?;
+    let budget: Option<i64> = row.get("monthly_token_budget")?;
+    Ok(KeyRecord {
+        id: row.get("id")?,
+        name: row.get("name")?,
+        team: row.get("team")?,
+        scope,
+        hint: hint(&lookup),
+        requests_per_minute: row.get("requests_per_minute")?,
+        tokens_per_minute: row.get("tokens_per_minute")?,
+        monthly_token_budget: budget.and_then(|b| u64::try_from(b).ok()),
+        created_at: UnixSeconds(row.get("created_at")?),
+        revoked_at: row.get::<_, Option<i64>>("revoked_at")?.map(UnixSeconds),
+    })
+}
+
+fn hint(lookup: &str) -> String {
+    format!("{}{lookup}…", key::KEY_PREFIX)
+}
+
+fn check_label<'a>(field: &'static str, value: &'a str) -> Result<&'a str, LedgerError> {
+    let trimmed = value.trim();
+    let invalid = |message: String| LedgerError::InvalidField { field, message };
+    if trimmed.is_empty() {
+        return Err(invalid("must not be empty".to_owned()));
+    }
+    let chars = trimmed.chars().count();
+    if chars > MAX_LABEL_CHARS {
+        return Err(invalid(format!(
+            "must be at most {MAX_LABEL_CHARS} characters, got {chars}"
+        )));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(invalid("must not contain control characters".to_owned()));
+    }
+    Ok(trimmed)
+}
+
+/// Creates `path` readable by its owner only, if it does not exist, so SQLite (which then
+/// gives its `-wal` and `-shm` files the same mode) never makes it world-readable.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,71 @@
+//! `moebox serve --config FILE`: the gateway, until SIGTERM or SIGINT.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use moebox_config::Config;
+use moebox_ledger::Ledger;
+use moebox_systemd::SystemdEnv;
+
+/// How long the async runtime waits for its blocking threads at exit.
+pub const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let ledger = Arc::new(open_ledger(&config)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        let listener = bind(&config).await?;
+        let notifier = SystemdEnv::from_process().notifier();
+        if let Some(notifier) = &notifier {
+            notifier.ready();
+            notifier.status(&format!("serving on {}", config.gateway.listen));
+        }
+        moebox_gateway::run(&config, ledger, listener, shutdown_signal()).await;
+        if let Some(notifier) = &notifier {
+            notifier.stopping();
+        }
+        anyhow::Ok(())
+    });
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    result
+}
+
+pub fn open_ledger(config: &Config) -> anyhow::Result<Ledger> {
+    Ledger::open(&config.ledger.database).context("ledger.database")
+}
+
+pub async fn bind(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
+    let address = config
+        .gateway
+        .listen_addr()
+        .with_context(|| format!("gateway.listen: not an address: {}", config.gateway.listen))?;
+    tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("gateway.listen: cannot listen on {address}"))
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: draining"),
+    }
+}
