@@ -57,6 +57,9 @@ impl EngineSlot {
         match &self.lock().0 {
             Phase::Loading => EngineState::Loading,
             Phase::Warming => EngineState::Warming,
+            // A scheduler thread that ended without a drain (a panic) must not look ready; under
+            // systemd its silent watchdog also gets the process restarted.
+            Phase::Running(handle) if !handle.is_running() => EngineState::Draining,
             Phase::Running(handle) => handle.state(),
         }
     }

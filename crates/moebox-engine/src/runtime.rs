@@ -148,6 +148,7 @@ pub fn load(configured: Option<&Path>) -> Result<Runtime, RuntimeError> {
     }
     let environment = builder
         .with_name("moebox")
+        .with_logger(std::sync::Arc::new(forward_log))
         .build()
         .map_err(|e| RuntimeError::Environment(e.to_string()))?;
     tracing::info!(path = %path.display(), version = ONNXRUNTIME_VERSION, "loaded ONNX Runtime");
@@ -157,6 +158,29 @@ pub fn load(configured: Option<&Path>) -> Result<Runtime, RuntimeError> {
             environment,
         })
         .clone())
+}
+
+/// ONNX Runtime's own log lines, through `tracing` (target `onnxruntime`) instead of straight to
+/// stderr. Its errors are also returned to the caller, which reports them once on one line, so
+/// they are logged at debug; so are its warnings (mostly node placement notes). Show them with
+/// `MOEBOX_LOG=onnxruntime=debug` (or `=trace` for its verbose log).
+fn forward_log(
+    level: ort::logging::LogLevel,
+    category: &str,
+    _id: &str,
+    location: &str,
+    message: &str,
+) {
+    use ort::logging::LogLevel;
+    match level {
+        LogLevel::Fatal => tracing::error!(target: "onnxruntime", category, location, "{message}"),
+        LogLevel::Error | LogLevel::Warning | LogLevel::Info => {
+            tracing::debug!(target: "onnxruntime", ?level, category, location, "{message}")
+        }
+        LogLevel::Verbose => {
+            tracing::trace!(target: "onnxruntime", category, location, "{message}")
+        }
+    }
 }
 
 /// The release version in ONNX Runtime's build string (`git-branch=rel-1.31.1, ...`).

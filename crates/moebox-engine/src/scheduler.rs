@@ -258,6 +258,15 @@ impl EngineHandle {
         state_from(self.shared.state.load(Ordering::Acquire))
     }
 
+    /// False once the scheduler thread has ended (drained, or died): health checks must not
+    /// report a dead scheduler as ready.
+    pub fn is_running(&self) -> bool {
+        self.thread
+            .lock()
+            .map(|t| t.as_ref().is_some_and(|h| !h.is_finished()))
+            .unwrap_or(false)
+    }
+
     pub fn spec(&self) -> &ModelSpec {
         &self.shared.spec
     }
@@ -355,7 +364,8 @@ impl EngineHandle {
                     None,
                     format!(
                         "the engine's wait queue is full ({} requests waiting, limit engine.max_waiting = {})",
-                        shared.limits.max_waiting, shared.limits.max_waiting
+                        shared.counters.waiting.load(Ordering::Relaxed),
+                        shared.limits.max_waiting
                     ),
                 ))
             }
