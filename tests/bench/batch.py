@@ -360,6 +360,7 @@ def main():
                     else:
                         kept_busy += 1
                 m = summarize(level["requests"], c)
+                m["requests"] = level["requests"]
                 m["other_cpu_share"] = level["other_cpu_share"]
                 m["cores_used"] = level["cpu_cores_used"]
                 m_runs.append(m)
@@ -375,6 +376,7 @@ def main():
                 kept_busy += int(g_busy)
                 g = summarize(g_records, c)
                 g.update(g_info)
+                g["requests"] = g_records
                 g["other_cpu_share"] = g_share
                 g_runs.append(g)
                 # ids, per request: moebox (batched) vs genai's Engine at the same level (the

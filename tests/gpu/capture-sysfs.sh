@@ -15,8 +15,10 @@
 #   dev/nvidia*                   device nodes as text stand-ins `c MAJOR:MINOR` (an unprivileged
 #                                 tar cannot recreate device nodes; --sysroot reads these)
 #   usr/lib/.../libnvidia-ml.so.1, libcuda.so.1
-#                                 the sonames as symlinks to empty placeholders named like the
-#                                 real files (the version is in the name)
+#                                 the sonames as symlinks, every link of their chain as it is
+#                                 (also outside these folders, e.g. /usr/local/nvidia/lib64), and
+#                                 an empty placeholder named like the real file at its end (the
+#                                 version is in the name)
 #   reference/                    not read by moebox: nvidia-smi -q, lspci -vv, uname, the full
 #                                 driver log, for whoever turns the capture into a test fixture
 # Nothing else is copied (no serial numbers beyond what nvidia-smi -q prints in reference/).
@@ -84,14 +86,32 @@ for node in /dev/nvidia*; do
     printf 'c %d:%d\n' "0x$(stat -c %t "$node")" "0x$(stat -c %T "$node")" >"$root$node"
 done
 
-# User-space driver sonames and the versioned files they point at (empty placeholders).
+# User-space driver sonames and the versioned files they point at (empty placeholders). The
+# whole chain is kept, link by link, with each target as written: a soname may point at another
+# soname elsewhere (`/usr/lib/libcuda.so.1 -> /usr/local/nvidia/lib64/libcuda.so.1 ->
+# libcuda.so.580.159.04`), and only the file at the end carries the version. Absolute targets
+# stay absolute; `moebox provision --sysroot` resolves them below the tree.
+copy_link_chain() {
+    local path=$1 target hops=0
+    while [ -L "$path" ] && [ "$hops" -lt 16 ]; do
+        target=$(readlink "$path")
+        mkdir -p "$root$(dirname "$path")"
+        ln -sfn "$target" "$root$path"
+        case "$target" in
+            /*) path=$target ;;
+            *) path="$(dirname "$path")/$target" ;;
+        esac
+        path=$(realpath -m -s "$path")
+        hops=$((hops + 1))
+    done
+    if [ -f "$path" ] && [ ! -L "$path" ] && [ ! -e "$root$path" ] && [ ! -L "$root$path" ]; then
+        mkdir -p "$root$(dirname "$path")"
+        : >"$root$path"
+    fi
+}
 for dir in /usr/lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu/nvidia/current /usr/lib64 /usr/lib /lib/x86_64-linux-gnu; do
     for soname in libnvidia-ml.so.1 libcuda.so.1; do
-        [ -L "$dir/$soname" ] || continue
-        mkdir -p "$root$dir"
-        target=$(readlink "$dir/$soname")
-        ln -sfn "$target" "$root$dir/$soname"
-        case "$target" in */*) ;; *) : >"$root$dir/$target" ;; esac
+        [ -L "$dir/$soname" ] && copy_link_chain "$dir/$soname"
     done
 done
 

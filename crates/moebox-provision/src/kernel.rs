@@ -1,7 +1,11 @@
 //! What the kernel says about the NVIDIA driver: loaded modules, their versions, character
 //! device majors, each GPU's device minor, and the user-space driver libraries beside them.
 
-use std::{cmp::Ordering, collections::BTreeMap};
+use std::{
+    cmp::Ordering,
+    collections::BTreeMap,
+    path::{Component, Path, PathBuf},
+};
 
 use crate::sysroot::{ReadError, Sysroot};
 
@@ -162,40 +166,103 @@ pub fn information_fields(text: &str) -> BTreeMap<String, String> {
 pub struct DriverLibrary {
     /// The soname's path as on the machine (`/usr/lib/x86_64-linux-gnu/libcuda.so.1`).
     pub path: String,
-    pub version: String,
+    /// Where the soname's chain of symlinks ends, as on the machine
+    /// (`/usr/lib/x86_64-linux-gnu/libcuda.so.580.95.05`).
+    pub target: String,
+    /// The version in the target's name; `None` when the name carries none (the chain ends at
+    /// a link that is not there, or at an unversioned file).
+    pub version: Option<String>,
 }
+
+impl DriverLibrary {
+    /// `path: version`, naming the target when it is in another folder; for evidence.
+    pub fn describe(&self) -> String {
+        let same_folder = Path::new(&self.path).parent() == Path::new(&self.target).parent();
+        match (&self.version, same_folder) {
+            (Some(version), true) => format!("{}: {version}", self.path),
+            (Some(version), false) => format!("{} -> {}: {version}", self.path, self.target),
+            (None, _) => format!(
+                "{} -> {}: no driver version (the link's end is missing or names no version)",
+                self.path, self.target
+            ),
+        }
+    }
+}
+
+/// How many symlinks are followed from a soname before giving up (Linux's `MAXSYMLINKS`).
+const MAX_LINK_HOPS: usize = 40;
 
 /// Where `libnvidia-ml.so.1` and `libcuda.so.1` point, in the usual folders. The soname, not
 /// every versioned file, because an upgrade can leave the old version's files behind; the
-/// soname is what the loader uses. Unreadable folders are skipped: not every distribution has
-/// every one. The same soname and version seen twice (merged `/usr`) is listed once.
+/// soname is what the loader uses. The soname's chain of symlinks is followed to its end (a
+/// soname can point at another soname elsewhere: `/usr/lib/libcuda.so.1 ->
+/// /usr/local/nvidia/lib64/libcuda.so.1 -> libcuda.so.580.159.04`), absolute targets below the
+/// sysroot. Unreadable folders and sonames that are not symlinks are skipped: not every
+/// distribution has every one. The same soname and target name seen twice (merged `/usr`) is
+/// listed once.
 pub fn driver_libraries(sysroot: &Sysroot) -> Vec<DriverLibrary> {
     let mut found: Vec<DriverLibrary> = Vec::new();
     for dir in LIBRARY_DIRS {
         for soname in DRIVER_LIBRARY_LINKS {
             let path = format!("{dir}/{soname}");
-            let Ok(target) = std::fs::read_link(sysroot.path(&path)) else {
+            let Some(target) = resolve_links(sysroot, &path) else {
                 continue;
             };
-            let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
-                continue;
-            };
+            let name = target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let prefix = soname.trim_end_matches('1');
-            let Some(version) = name.strip_prefix(prefix).filter(|v| looks_like_version(v)) else {
-                continue;
-            };
-            let duplicate = found
-                .iter()
-                .any(|l| l.path.ends_with(soname) && l.version == version);
+            let version = name
+                .strip_prefix(prefix)
+                .filter(|v| looks_like_version(v))
+                .map(str::to_owned);
+            let duplicate = found.iter().any(|l| {
+                l.path.ends_with(soname) && Path::new(&l.target).file_name() == target.file_name()
+            });
             if !duplicate {
                 found.push(DriverLibrary {
                     path,
-                    version: version.to_owned(),
+                    target: target.to_string_lossy().into_owned(),
+                    version,
                 });
             }
         }
     }
     found
+}
+
+/// Where the symlink at `absolute` leads, link by link, as a path on the machine; `None` when
+/// `absolute` is not a symlink. Relative targets are taken from the link's folder, absolute ones
+/// from the sysroot's root; the chain ends at the first path that is not a readable symlink.
+fn resolve_links(sysroot: &Sysroot, absolute: &str) -> Option<PathBuf> {
+    let mut current = PathBuf::from(absolute);
+    let mut hops = 0;
+    while hops < MAX_LINK_HOPS {
+        let Ok(target) = std::fs::read_link(sysroot.path(&current.to_string_lossy())) else {
+            break;
+        };
+        let folder = current.parent().unwrap_or(Path::new("/"));
+        current = normalize(&folder.join(target));
+        hops += 1;
+    }
+    (hops > 0).then_some(current)
+}
+
+/// `path` made absolute with `.` and `..` taken out, without touching the file system.
+fn normalize(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            Component::Normal(name) => normal.push(name),
+            Component::ParentDir => {
+                normal.pop();
+            }
+            Component::RootDir | Component::Prefix(_) => normal = PathBuf::from("/"),
+            Component::CurDir => {}
+        }
+    }
+    normal
 }
 
 #[cfg(test)]
@@ -241,6 +308,77 @@ mod tests {
         assert_eq!(compare_versions("550.163.01", "580.65.06"), Ordering::Less);
         assert_eq!(compare_versions("580.65.06", "580.65.06"), Ordering::Equal);
         assert_eq!(compare_versions("580.65", "580.65.0"), Ordering::Equal);
+    }
+
+    #[test]
+    fn paths_normalize_without_the_file_system() {
+        assert_eq!(
+            normalize(Path::new("/usr/lib/../local/./nvidia/lib64/libcuda.so.1")),
+            Path::new("/usr/local/nvidia/lib64/libcuda.so.1")
+        );
+        assert_eq!(normalize(Path::new("/../../lib/x")), Path::new("/lib/x"));
+        assert_eq!(
+            normalize(Path::new("/usr/lib/etc//abs")),
+            Path::new("/usr/lib/etc/abs")
+        );
+    }
+
+    fn symlink(root: &Path, link: &str, target: &str) {
+        let link = root.join(link.trim_start_matches('/'));
+        std::fs::create_dir_all(link.parent().expect("parent")).expect("mkdir");
+        std::os::unix::fs::symlink(target, link).expect("symlink");
+    }
+
+    #[test]
+    fn library_links_are_followed_to_their_end_below_the_sysroot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        // The H200 host's layout: the usual folder links to another soname, absolutely.
+        symlink(
+            root,
+            "/usr/lib/libcuda.so.1",
+            "/usr/local/nvidia/lib64/libcuda.so.1",
+        );
+        symlink(
+            root,
+            "/usr/local/nvidia/lib64/libcuda.so.1",
+            "libcuda.so.580.159.04",
+        );
+        std::fs::write(
+            root.join("usr/local/nvidia/lib64/libcuda.so.580.159.04"),
+            "",
+        )
+        .expect("write");
+        // Relative, through `..`; the versioned file itself need not be there.
+        symlink(
+            root,
+            "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+            "../../local/lib/libnvidia-ml.so.1",
+        );
+        symlink(
+            root,
+            "/usr/local/lib/libnvidia-ml.so.1",
+            "./libnvidia-ml.so.580.159.04",
+        );
+        // A chain whose next link the tree does not hold.
+        symlink(
+            root,
+            "/usr/lib/libnvidia-ml.so.1",
+            "/opt/driver/libnvidia-ml.so.1",
+        );
+        // A loop ends, unversioned.
+        symlink(root, "/usr/lib64/libcuda.so.1", "libcuda.so.1");
+        let libraries = driver_libraries(&Sysroot::captured(root));
+        let described: Vec<String> = libraries.iter().map(DriverLibrary::describe).collect();
+        assert_eq!(
+            described,
+            vec![
+                "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1 -> /usr/local/lib/libnvidia-ml.so.580.159.04: 580.159.04",
+                "/usr/lib64/libcuda.so.1 -> /usr/lib64/libcuda.so.1: no driver version (the link's end is missing or names no version)",
+                "/usr/lib/libnvidia-ml.so.1 -> /opt/driver/libnvidia-ml.so.1: no driver version (the link's end is missing or names no version)",
+                "/usr/lib/libcuda.so.1 -> /usr/local/nvidia/lib64/libcuda.so.580.159.04: 580.159.04",
+            ]
+        );
     }
 
     #[test]

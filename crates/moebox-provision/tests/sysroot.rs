@@ -1,6 +1,8 @@
-//! The whole provisioning sequence over a captured tree (`tests/data/a100x2`, see its README)
-//! and faulty variants derived from it here, with recorded NVML answers and a fake smoke test.
-//! Every variant asserts the exact set of verdicts that change from the healthy baseline.
+//! The whole provisioning sequence over captured trees (see `tests/data/README.md`): the
+//! synthesized two-A100 tree `tests/data/a100x2` and the real capture from an H200 host
+//! `tests/data/h200x1`, and faulty variants derived from each here, with recorded NVML answers
+//! and a fake smoke test. Every variant asserts the exact set of verdicts that change from that
+//! tree's healthy baseline.
 
 use std::{
     collections::BTreeMap,
@@ -26,10 +28,18 @@ fn data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
-/// A writable copy of the healthy tree (symlinks kept as symlinks).
+/// The synthesized two-A100 tree.
+const A100: &str = "a100x2";
+
+/// A writable copy of the healthy synthesized A100 tree (symlinks kept as symlinks).
 fn tree() -> TempDir {
+    copy_of(A100)
+}
+
+/// A writable copy of `tests/data/<name>` (symlinks kept as symlinks, absolute ones too).
+fn copy_of(name: &str) -> TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    copy_tree(&data().join("a100x2"), dir.path());
+    copy_tree(&data().join(name), dir.path());
     dir
 }
 
@@ -71,12 +81,18 @@ fn relink(root: &Path, path: &str, target: &str) {
     std::os::unix::fs::symlink(target, &path).expect("symlink");
 }
 
-/// The NVML answers recorded for the tree.
+/// The NVML answers recorded for the A100 tree.
 fn nvml() -> NvmlSnapshot {
-    let text = std::fs::read_to_string(data().join("a100x2.nvml.json")).expect("nvml.json");
+    recorded_nvml(A100)
+}
+
+/// `tests/data/<name>.nvml.json`.
+fn recorded_nvml(name: &str) -> NvmlSnapshot {
+    let path = data().join(format!("{name}.nvml.json"));
+    let text = std::fs::read_to_string(&path).expect("nvml.json");
     match serde_json::from_str(&text).expect("NvmlState JSON") {
         NvmlState::Loaded(snapshot) => snapshot,
-        other => panic!("a100x2.nvml.json is {other:?}"),
+        other => panic!("{} is {other:?}", path.display()),
     }
 }
 
@@ -223,12 +239,18 @@ fn baseline() -> BTreeMap<Key, Verdict> {
     verdicts(&Run::new().on(dir.path()))
 }
 
-/// What changed from the baseline: a new verdict, or `None` for a row that is gone.
+/// What changed from the A100 baseline: a new verdict, or `None` for a row that is gone.
 fn changes(report: &Report) -> Vec<(&'static str, Option<u32>, Option<Verdict>)> {
-    let before = baseline();
+    changes_from(&baseline(), report)
+}
+
+fn changes_from(
+    before: &BTreeMap<Key, Verdict>,
+    report: &Report,
+) -> Vec<(&'static str, Option<u32>, Option<Verdict>)> {
     let after = verdicts(report);
     let mut changed = Vec::new();
-    for (key, verdict) in &before {
+    for (key, verdict) in before {
         match after.get(key) {
             Some(now) if now == verdict => {}
             now => changed.push((leak(&key.0), key.1, now.copied())),
@@ -1099,4 +1121,339 @@ fn driver_not_loaded_fails_once_and_skips_what_depends_on_it() {
         summary(&report, "nvml", None),
         "NVML: the NVIDIA driver is not loaded"
     );
+}
+
+// The real capture: one H200 (10de:2335) in a virtual machine, driver 580.159.04 (open kernel
+// module), user-space libraries under /usr/local/nvidia/lib64 reached through absolute links in
+// /usr/lib. Its faulty variants are derived from it the same way as the A100 tree's.
+
+/// The capture from an H200 host (`tests/gpu/capture-sysfs.sh`, 2026-11-26).
+const H200: &str = "h200x1";
+/// Its one GPU.
+const H200_GPU: &str = "0000:00:06.0";
+
+fn h200_tree() -> TempDir {
+    copy_of(H200)
+}
+
+impl Run {
+    /// The H200 host as it was: its NVML answers, one GPU expected.
+    fn h200() -> Self {
+        let mut run = Self {
+            nvml: NvmlState::Loaded(recorded_nvml(H200)),
+            ..Self::new()
+        };
+        run.config.expected_gpus = 1;
+        run
+    }
+}
+
+fn h200_changes(report: &Report) -> Vec<(&'static str, Option<u32>, Option<Verdict>)> {
+    let dir = h200_tree();
+    changes_from(&verdicts(&Run::h200().on(dir.path())), report)
+}
+
+/// The recorded NVML answers with no GPU in them.
+fn h200_nvml_without_gpu() -> NvmlState {
+    let mut snapshot = recorded_nvml(H200);
+    snapshot.devices.clear();
+    NvmlState::Loaded(snapshot)
+}
+
+/// `moebox provision --sysroot` on the capture, as `tests/gpu/run.sh` replays it.
+fn replay(root: &Path) -> Report {
+    let (_keep, list) = artefacts();
+    let config = ProvisionConfig {
+        artefacts: list,
+        expected_gpus: 1,
+        ..ProvisionConfig::default()
+    };
+    provision(
+        &config,
+        &mut Host::captured(Sysroot::captured(root)),
+        &mut |_| {},
+    )
+}
+
+#[test]
+fn h200_capture_gives_the_live_runs_verdicts() {
+    let dir = h200_tree();
+    let report = Run::h200().on(dir.path());
+    let not_passing: Vec<(&str, Verdict)> = report
+        .checks
+        .iter()
+        .filter(|c| c.verdict != Pass)
+        .map(|c| (c.id.as_str(), c.verdict))
+        .collect();
+    assert_eq!(
+        not_passing,
+        vec![("gpus_present", Warn)],
+        "{}",
+        report.to_table()
+    );
+    assert_eq!(report.checks.len(), 19);
+    assert_eq!(report.exit_code(), 0);
+    assert_eq!(
+        summary(&report, "gpus_present", None),
+        "other NVIDIA GPU, not an A100: 0000:00:06.0 is 10de:2335"
+    );
+    assert_eq!(
+        summary(&report, "driver_library_version", None),
+        "kernel module and user-space driver are both 580.159.04"
+    );
+    assert_eq!(
+        report
+            .find("driver_library_version", None)
+            .expect("row")
+            .evidence,
+        vec![
+            "/sys/module/nvidia/version: 580.159.04 (open kernel module)",
+            "/usr/lib/libnvidia-ml.so.1 -> /usr/local/nvidia/lib64/libnvidia-ml.so.580.159.04: 580.159.04",
+            "/usr/lib/libcuda.so.1 -> /usr/local/nvidia/lib64/libcuda.so.580.159.04: 580.159.04",
+            "NVML driver version: 580.159.04",
+        ]
+    );
+    assert_eq!(
+        summary(&report, "device_nodes", None),
+        "/dev/nvidiactl, /dev/nvidia0, /dev/nvidia-uvm, /dev/nvidia-uvm-tools present"
+    );
+    assert_eq!(summary(&report, "pcie_link", Some(0)), "x16, Gen5 capable");
+    assert_eq!(summary(&report, "xid_errors", Some(0)), "no Xid since boot");
+    assert_eq!(report.gpus.len(), 1);
+    assert_eq!(report.gpus[0].address, H200_GPU);
+    assert_eq!(report.gpus[0].numa_node, Some(-1));
+}
+
+/// The replay in the GPU run (`b.provision_sysroot`) failed driver_library_version: the
+/// capture script kept `/usr/lib/libcuda.so.1 -> /usr/local/nvidia/lib64/libcuda.so.1` but not
+/// the link it points at, and provision read only the first link of the chain (which on the
+/// live machine left the check to NVML alone). With the whole chain in the tree and followed,
+/// the replay passes everything a tree can show.
+#[test]
+fn h200_capture_replays_without_nvml_or_smoke() {
+    let dir = h200_tree();
+    let report = replay(dir.path());
+    let mut expected = vec![
+        ("nvml", None, Some(Skip)),
+        ("cpu_reference", None, Some(Skip)),
+        ("cuda_smoke", Some(0), Some(Skip)),
+    ];
+    expected.extend(health_rows(0, Some(Skip)));
+    assert_eq!(sorted(h200_changes(&report)), sorted(expected));
+    assert_eq!(
+        (
+            report.counts.pass,
+            report.counts.warn,
+            report.counts.fail,
+            report.counts.skip
+        ),
+        (9, 1, 0, 9)
+    );
+    assert_eq!(report.exit_code(), 0);
+    assert_eq!(
+        summary(&report, "driver_library_version", None),
+        "kernel module and user-space driver are both 580.159.04"
+    );
+}
+
+#[test]
+fn h200_capture_without_the_link_targets_names_the_broken_chain() {
+    let dir = h200_tree();
+    // What the capture script wrote before it followed the links.
+    remove(dir.path(), "usr/local");
+    let report = replay(dir.path());
+    let check = report.find("driver_library_version", None).expect("row");
+    assert_eq!(check.verdict, Fail);
+    assert_eq!(
+        check.summary,
+        "no user-space driver version: /usr/lib/libnvidia-ml.so.1 ends at /usr/local/nvidia/lib64/libnvidia-ml.so.1, /usr/lib/libcuda.so.1 ends at /usr/local/nvidia/lib64/libcuda.so.1, which names no version"
+    );
+}
+
+#[test]
+fn h200_missing_from_the_bus_leaves_no_gpu() {
+    let dir = h200_tree();
+    let root = dir.path();
+    remove(root, &format!("sys/bus/pci/devices/{H200_GPU}"));
+    remove(root, &format!("proc/driver/nvidia/gpus/{H200_GPU}"));
+    remove(root, "dev/nvidia0");
+    let report = Run {
+        nvml: h200_nvml_without_gpu(),
+        ..Run::h200()
+    }
+    .on(root);
+    let mut expected = vec![
+        ("gpus_present", None, Some(Fail)),
+        ("nouveau_absent", None, Some(Skip)),
+        ("kernel_modules", None, Some(Skip)),
+        ("nvml", None, Some(Skip)),
+        ("driver_library_version", None, Some(Skip)),
+        ("driver_minimum", None, Some(Skip)),
+        ("device_nodes", None, Some(Skip)),
+        ("xid_errors", None, Some(Skip)),
+    ];
+    for id in [
+        "gpu_driver_binding",
+        "pcie_link",
+        "xid_errors",
+        "cuda_smoke",
+    ] {
+        expected.push((id, Some(0), None));
+    }
+    expected.extend(health_rows(0, None));
+    assert_eq!(sorted(h200_changes(&report)), sorted(expected));
+    assert_eq!(
+        summary(&report, "gpus_present", None),
+        "no NVIDIA GPU found (expected 1)"
+    );
+    assert_eq!(report.exit_code(), 1);
+}
+
+#[test]
+fn h200_held_by_nouveau_fails_module_and_binding() {
+    let dir = h200_tree();
+    let root = dir.path();
+    edit(root, "proc/modules", |t| {
+        format!("{t}nouveau 3104768 0 - Live 0xffffffffc1000000\n")
+    });
+    relink(
+        root,
+        &format!("sys/bus/pci/devices/{H200_GPU}/driver"),
+        "../../../bus/pci/drivers/nouveau",
+    );
+    remove(root, &format!("proc/driver/nvidia/gpus/{H200_GPU}"));
+    remove(root, "dev/nvidia0");
+    let report = Run {
+        nvml: h200_nvml_without_gpu(),
+        ..Run::h200()
+    }
+    .on(root);
+    let mut expected = vec![
+        ("nouveau_absent", None, Some(Fail)),
+        ("gpu_driver_binding", Some(0), Some(Fail)),
+        ("cuda_smoke", Some(0), Some(Skip)),
+    ];
+    expected.extend(health_rows(0, Some(Skip)));
+    assert_eq!(sorted(h200_changes(&report)), sorted(expected));
+    assert_eq!(
+        summary(&report, "gpu_driver_binding", Some(0)),
+        "bound to nouveau, not nvidia"
+    );
+    assert_eq!(
+        summary(&report, "cuda_smoke", Some(0)),
+        "not run: this GPU failed gpu_driver_binding"
+    );
+    assert_eq!(
+        summary(&report, "device_nodes", None),
+        "/dev/nvidiactl, /dev/nvidia-uvm, /dev/nvidia-uvm-tools present"
+    );
+    assert_eq!(report.exit_code(), 1);
+}
+
+#[test]
+fn h200_link_trained_at_x8_fails_pcie_link() {
+    let dir = h200_tree();
+    edit(
+        dir.path(),
+        &format!("sys/bus/pci/devices/{H200_GPU}/current_link_width"),
+        |_| "8\n".to_owned(),
+    );
+    let report = Run::h200().on(dir.path());
+    assert_eq!(
+        h200_changes(&report),
+        vec![("pcie_link", Some(0), Some(Fail))]
+    );
+    assert_eq!(
+        summary(&report, "pcie_link", Some(0)),
+        "link trained at x8, the GPU is x16"
+    );
+    assert_eq!(report.exit_code(), 1);
+}
+
+#[test]
+fn h200_xid_79_in_the_kernel_log_fails_the_gpu() {
+    let dir = h200_tree();
+    // The capture's log is `dmesg` lines.
+    edit(dir.path(), "dev/kmsg", |t| {
+        format!(
+            "{t}[  812.446011] NVRM: Xid (PCI:0000:00:06): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus.\n"
+        )
+    });
+    let report = Run::h200().on(dir.path());
+    assert_eq!(
+        sorted(h200_changes(&report)),
+        sorted(vec![
+            ("xid_errors", Some(0), Some(Fail)),
+            ("cuda_smoke", Some(0), Some(Skip)),
+        ])
+    );
+    assert_eq!(
+        summary(&report, "xid_errors", Some(0)),
+        "Xid 79 ×1 since boot (GPU has fallen off the bus)"
+    );
+    assert_eq!(report.exit_code(), 1);
+}
+
+/// The kernel module was replaced by an older one under the running user space: NVML refuses to
+/// start, and the libraries at the end of the links say the other version.
+#[test]
+fn h200_module_and_library_version_mismatch_fails_and_blocks_cuda() {
+    let dir = h200_tree();
+    let root = dir.path();
+    for module in ["nvidia", "nvidia_uvm"] {
+        edit(root, &format!("sys/module/{module}/version"), |_| {
+            "580.105.08\n".to_owned()
+        });
+    }
+    edit(root, "proc/driver/nvidia/version", |t| {
+        t.replace("580.159.04", "580.105.08")
+    });
+    let report = Run {
+        nvml: NvmlState::Unavailable {
+            failure: NvmlFailure::VersionMismatch,
+            message: "libnvidia-ml.so.1: the NVML library version does not match the running kernel driver".to_owned(),
+        },
+        ..Run::h200()
+    }
+    .on(root);
+    let mut expected = vec![
+        ("nvml", None, Some(Fail)),
+        ("driver_library_version", None, Some(Fail)),
+        ("cuda_smoke", Some(0), Some(Skip)),
+    ];
+    expected.extend(health_rows(0, Some(Skip)));
+    assert_eq!(sorted(h200_changes(&report)), sorted(expected));
+    assert_eq!(
+        summary(&report, "driver_library_version", None),
+        "kernel module 580.105.08, user-space 580.159.04 (/usr/lib/libnvidia-ml.so.1); kernel module 580.105.08, user-space 580.159.04 (/usr/lib/libcuda.so.1); kernel module 580.105.08, NVML reports a driver/library version mismatch"
+    );
+    assert_eq!(
+        summary(&report, "cuda_smoke", Some(0)),
+        "not run: nvml, driver_library_version failed"
+    );
+}
+
+/// Only libcuda was upgraded (at the end of its chain): the replay finds it from the files.
+#[test]
+fn h200_library_mismatch_is_found_through_the_links_on_the_capture() {
+    let dir = h200_tree();
+    relink(
+        dir.path(),
+        "usr/local/nvidia/lib64/libcuda.so.1",
+        "libcuda.so.580.172.08",
+    );
+    let report = replay(dir.path());
+    let mut expected = vec![
+        ("nvml", None, Some(Skip)),
+        ("driver_library_version", None, Some(Fail)),
+        ("cpu_reference", None, Some(Skip)),
+        ("cuda_smoke", Some(0), Some(Skip)),
+    ];
+    expected.extend(health_rows(0, Some(Skip)));
+    assert_eq!(sorted(h200_changes(&report)), sorted(expected));
+    assert_eq!(
+        summary(&report, "driver_library_version", None),
+        "kernel module 580.159.04, user-space 580.172.08 (/usr/lib/libcuda.so.1)"
+    );
+    assert_eq!(report.exit_code(), 1);
 }

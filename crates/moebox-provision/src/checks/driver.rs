@@ -231,20 +231,19 @@ pub fn driver_library_version(
         None => "",
     };
     let mut evidence = vec![format!("{source}: {version}{flavour}")];
-    evidence.extend(
-        libraries
-            .iter()
-            .map(|l| format!("{}: {}", l.path, l.version)),
-    );
+    evidence.extend(libraries.iter().map(DriverLibrary::describe));
     let mut findings = Vec::new();
     let mut user_space = Vec::new();
     for library in libraries {
-        user_space.push(library.version.as_str());
-        if library.version != *version {
+        let Some(library_version) = &library.version else {
+            continue;
+        };
+        user_space.push(library_version.as_str());
+        if library_version != version {
             findings.push(Finding::fail(
                 format!(
-                    "kernel module {version}, user-space {} ({})",
-                    library.version, library.path
+                    "kernel module {version}, user-space {library_version} ({})",
+                    library.path
                 ),
                 VERSION_MISMATCH_REMEDY,
             ));
@@ -277,13 +276,22 @@ pub fn driver_library_version(
         _ => {}
     }
     if user_space.is_empty() && findings.is_empty() {
-        findings.push(Finding::fail(
+        let unversioned: Vec<String> = libraries
+            .iter()
+            .map(|l| format!("{} ends at {}", l.path, l.target))
+            .collect();
+        let summary = if unversioned.is_empty() {
             format!(
                 "no user-space driver library (libnvidia-ml.so.1, libcuda.so.1) in {}",
                 LIBRARY_DIRS.join(", ")
-            ),
-            USER_SPACE_REMEDY,
-        ));
+            )
+        } else {
+            format!(
+                "no user-space driver version: {}, which names no version",
+                unversioned.join(", ")
+            )
+        };
+        findings.push(Finding::fail(summary, USER_SPACE_REMEDY));
     }
     conclude(
         DRIVER_LIBRARY_VERSION,
