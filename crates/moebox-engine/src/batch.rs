@@ -321,7 +321,7 @@ impl Model {
 }
 
 /// The logits of each row's last position from `[rows, seq_len, vocab]`, as f32.
-fn last_positions(
+pub(crate) fn last_positions(
     value: &ort::value::DynValue,
     ty: TensorElementType,
     rows: usize,

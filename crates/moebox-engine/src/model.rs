@@ -241,7 +241,13 @@ impl Model {
                         during: "decoder run",
                         message: format!("no `{}` output", names.logits),
                     })?;
-                last_position_logits(logits, self.types.logits, self.spec.vocab_size)?
+                crate::batch::last_positions(
+                    logits,
+                    self.types.logits,
+                    1,
+                    new_tokens.len(),
+                    self.spec.vocab_size,
+                )?
             }
             KvStorage::Growing { keys, values } => {
                 let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> =
@@ -261,7 +267,13 @@ impl Model {
                         during: "decoder run",
                         message: format!("no `{}` output", names.logits),
                     })?;
-                let logits = last_position_logits(logits, self.types.logits, self.spec.vocab_size)?;
+                let logits = crate::batch::last_positions(
+                    logits,
+                    self.types.logits,
+                    1,
+                    new_tokens.len(),
+                    self.spec.vocab_size,
+                )?;
                 for layer in 0..keys.len() {
                     let take = |outputs: &mut ort::session::SessionOutputs<'_>, name: &str| {
                         outputs
@@ -722,52 +734,5 @@ pub(crate) fn zeroed_tensor(
                 .map_err(run_error("zeroing the KV cache"))?;
             Ok(owned)
         }
-    }
-}
-
-/// The last sequence position's logits of row 0, converted to f32.
-fn last_position_logits(
-    value: &ort::value::DynValue,
-    ty: TensorElementType,
-    vocab: usize,
-) -> Result<Vec<f32>, ModelError> {
-    fn tail<T: Copy>(
-        data: &[T],
-        vocab: usize,
-        convert: impl Fn(T) -> f32,
-    ) -> Result<Vec<f32>, ModelError> {
-        if data.len() < vocab || vocab == 0 {
-            return Err(ModelError::Run {
-                during: "reading logits",
-                message: format!("{} values cannot hold a row of {vocab}", data.len()),
-            });
-        }
-        // Row 0 of a [1, seq, vocab] tensor: its last position is the tail.
-        Ok(data[data.len() - vocab..]
-            .iter()
-            .map(|&v| convert(v))
-            .collect())
-    }
-    let read = run_error("reading logits");
-    match ty {
-        TensorElementType::Float32 => tail(
-            value.try_extract_tensor::<f32>().map_err(read)?.1,
-            vocab,
-            |v| v,
-        ),
-        TensorElementType::Float16 => tail(
-            value.try_extract_tensor::<half::f16>().map_err(read)?.1,
-            vocab,
-            half::f16::to_f32,
-        ),
-        TensorElementType::Bfloat16 => tail(
-            value.try_extract_tensor::<half::bf16>().map_err(read)?.1,
-            vocab,
-            half::bf16::to_f32,
-        ),
-        other => Err(ModelError::Run {
-            during: "reading logits",
-            message: format!("unsupported logits type {other:?}"),
-        }),
     }
 }

@@ -66,6 +66,31 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// A request's sampling: the fields it sets, else the model's `search` defaults from
+    /// `genai_config.json` (greedy unless the exporter asked for sampling), else neutral.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_model_defaults(
+        search: &crate::genai_config::SearchDefaults,
+        temperature: Option<f32>,
+        top_k: Option<u32>,
+        top_p: Option<f32>,
+        seed: Option<u64>,
+        repetition_penalty: Option<f32>,
+        presence_penalty: Option<f32>,
+        frequency_penalty: Option<f32>,
+    ) -> Self {
+        let greedy = !search.do_sample;
+        Self {
+            temperature: temperature.unwrap_or(if greedy { 0.0 } else { search.temperature }),
+            top_k: top_k.unwrap_or(if greedy { 0 } else { search.top_k }),
+            top_p: top_p.unwrap_or(if greedy { 1.0 } else { search.top_p }),
+            seed,
+            repetition_penalty: repetition_penalty.unwrap_or(1.0),
+            presence_penalty: presence_penalty.unwrap_or(0.0),
+            frequency_penalty: frequency_penalty.unwrap_or(0.0),
+        }
+    }
+
     /// Greedy decoding with neutral penalties (the same as `Default`).
     pub fn greedy() -> Self {
         Self::default()

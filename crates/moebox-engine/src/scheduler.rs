@@ -432,25 +432,16 @@ impl EngineHandle {
     }
 
     fn sampling(&self, request: &GenerateRequest) -> SamplingParams {
-        let search = &self.shared.spec.search;
-        let greedy_default = !search.do_sample;
-        SamplingParams {
-            temperature: request.temperature.unwrap_or(if greedy_default {
-                0.0
-            } else {
-                search.temperature
-            }),
-            top_k: request
-                .top_k
-                .unwrap_or(if greedy_default { 0 } else { search.top_k }),
-            top_p: request
-                .top_p
-                .unwrap_or(if greedy_default { 1.0 } else { search.top_p }),
-            seed: request.seed,
-            repetition_penalty: request.repetition_penalty.unwrap_or(1.0),
-            presence_penalty: request.presence_penalty.unwrap_or(0.0),
-            frequency_penalty: request.frequency_penalty.unwrap_or(0.0),
-        }
+        SamplingParams::with_model_defaults(
+            &self.shared.spec.search,
+            request.temperature,
+            request.top_k,
+            request.top_p,
+            request.seed,
+            request.repetition_penalty,
+            request.presence_penalty,
+            request.frequency_penalty,
+        )
     }
 }
 

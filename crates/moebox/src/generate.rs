@@ -121,25 +121,16 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let prompt_ids = model.tokenizer.encode(&prompt_text)?;
 
-    let search = &model.spec.search;
-    let default_greedy = !search.do_sample;
-    let sampling = SamplingParams {
-        temperature: args.temperature.unwrap_or(if default_greedy {
-            0.0
-        } else {
-            search.temperature
-        }),
-        top_k: args
-            .top_k
-            .unwrap_or(if default_greedy { 0 } else { search.top_k }),
-        top_p: args
-            .top_p
-            .unwrap_or(if default_greedy { 1.0 } else { search.top_p }),
-        seed: args.seed,
-        repetition_penalty: args.repetition_penalty,
-        presence_penalty: args.presence_penalty,
-        frequency_penalty: args.frequency_penalty,
-    };
+    let sampling = SamplingParams::with_model_defaults(
+        &model.spec.search,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.seed,
+        Some(args.repetition_penalty),
+        Some(args.presence_penalty),
+        Some(args.frequency_penalty),
+    );
     let request = GenerationRequest {
         prompt_ids,
         max_tokens: args.max_tokens,
