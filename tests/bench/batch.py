@@ -50,8 +50,10 @@ single-stream reference; a trailing EOS is ignored (genai's Engine does not repo
 Short request under load (moebox only; genai's static batching has no notion of joining a running
 batch — see the c = 16 row's TTFT max for what a request arriving behind 15 others waits there):
 one `moebox bench --scenarios short` process per repetition: 15 long requests (256 tokens) decode;
-once each has its first token, 5 short probes are submitted one after another; their TTFT is
-compared with the same probe on the idle engine.
+once each has its first token, 10 short probes are submitted one after another, each at a
+different phase of a scheduler step (probe k waits (k + 0.5)/10 of a step after the previous one's
+last token, as requests arrive at random times); their TTFT is compared with the same probe on
+the idle engine.
 """
 
 import argparse
@@ -418,7 +420,7 @@ def main():
                     report = moebox_bench(args.moebox, model_dir,
                                           ["--prompts", prompt_file.name, "--scenarios", "short", "--reps", "1",
                                            "--long-requests", "15", "--long-max-tokens", str(args.long_max_tokens),
-                                           "--short-probes", "5", "--short-max-tokens", "8",
+                                           "--short-probes", "10", "--short-max-tokens", "8",
                                            "--short-prompt", PROBE_PROMPT], threads)
                     s = report["short_under_load"]
                     r = s["runs"][0]
@@ -503,15 +505,16 @@ def print_report(results, args, facts, threads, redone, kept_busy):
             print()
         print("moebox memory (MiB; median over the reps of each level's process: rows = c):")
         print()
-        print("| concurrency | RSS after ORT load | after model load | after KV + warm-up | end | peak (VmHWM) "
-              "| weights on disk | KV cache | peak − weights − KV |")
+        print("| concurrency | RSS after ORT load | after model load | after KV + warm-up | end (anon + file) "
+              "| peak (VmHWM) | weights on disk | KV cache | peak − weights − KV |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         mib = lambda b: b / 1048576  # noqa: E731
         for level in r["levels"]:
             mem = level["moebox_memory"]
             med = lambda k: statistics.median([x[k] for x in mem])  # noqa: E731
             print(f"| {level['concurrency']} | {mib(med('rss_runtime_bytes')):.1f} | {mib(med('rss_model_bytes')):.1f} | "
-                  f"{mib(med('rss_kv_bytes')):.1f} | {mib(med('rss_end_bytes')):.1f} | {mib(med('peak_bytes')):.1f} | "
+                  f"{mib(med('rss_kv_bytes')):.1f} | {mib(med('rss_end_bytes')):.1f} ({mib(med('rss_anon_end_bytes')):.1f} + "
+                  f"{mib(med('rss_file_end_bytes')):.1f}) | {mib(med('peak_bytes')):.1f} | "
                   f"{mib(med('weights_bytes')):.1f} | {mib(med('kv_cache_bytes')):.1f} | "
                   f"{mib(med('peak_beyond_weights_and_kv_bytes')):.1f} |")
         print()
@@ -520,7 +523,7 @@ def print_report(results, args, facts, threads, redone, kept_busy):
             s0 = runs[0]
             print(f"moebox short request ({s0['probe_prompt_tokens']} prompt tokens, {s0['probe_max_tokens']} new) "
                   f"while {s0['long_requests']} long requests ({args.prompt_tokens}-token prompts, "
-                  f"{s0['long_max_tokens']} new tokens) decode; 5 probes per rep:")
+                  f"{s0['long_max_tokens']} new tokens) decode; 10 probes per rep at evenly spread phases of a scheduler step:")
             print()
             print("| TTFT unloaded ms | TTFT under load ms | loaded / unloaded | long requests' inter-token p50 ms "
                   "| long requests running at each probe |")

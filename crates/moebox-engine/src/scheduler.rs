@@ -530,11 +530,14 @@ impl Scheduler {
                 return;
             }
             self.retire_cancelled();
-            if !self.running.is_empty() {
-                self.decode_step();
-            }
+            // Prefill first: a newcomer's first token then waits for its own prompt only, not
+            // also for a decode step of everyone else; a row whose prompt completes here joins
+            // this iteration's decode.
             if self.prefilling.is_some() {
                 self.prefill_step();
+            }
+            if !self.running.is_empty() {
+                self.decode_step();
             }
             self.retire_finished();
             for running in &mut self.running {
@@ -613,6 +616,9 @@ impl Scheduler {
             Ok(mut logits) => {
                 let vocab = self.model.spec.vocab_size;
                 for (row, running) in self.running.iter_mut().enumerate() {
+                    if running.finished {
+                        continue;
+                    }
                     let slice = &mut logits[row * vocab..(row + 1) * vocab];
                     accept(&self.model, running, slice, &self.shared.counters);
                 }

@@ -23,7 +23,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Barrier,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -102,8 +102,9 @@ pub struct BenchArgs {
     /// Short-under-load: completion length of each long request.
     #[arg(long, value_name = "N", default_value_t = 256)]
     long_max_tokens: u32,
-    /// Short-under-load: probes per repetition (submitted one after another), each also run on
-    /// the idle engine.
+    /// Short-under-load: probes per repetition, submitted one after another at evenly spread
+    /// phases of a scheduler step (probe k waits (k + 0.5) / probes of a step after the previous
+    /// one ends); each is also run on the idle engine.
     #[arg(long, value_name = "N", default_value_t = 5)]
     short_probes: usize,
     /// Short-under-load: completion length of a probe.
@@ -268,6 +269,10 @@ struct Memory {
     rss_end_bytes: u64,
     /// `VmHWM` at the end: the peak.
     peak_bytes: u64,
+    /// `RssAnon` and `RssFile` at the end: heap and anonymous maps vs mapped files (ONNX
+    /// Runtime maps the external weights file, so the weights count here).
+    rss_anon_end_bytes: u64,
+    rss_file_end_bytes: u64,
     /// `model.onnx` and its external data files on disk.
     weights_bytes: u64,
     /// The KV cache as allocated (every row at full capacity).
@@ -493,6 +498,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Read before draining: the model and its cache are freed when the scheduler thread ends.
     let rss_end = read_status_kb("VmRSS")?;
     let peak = read_status_kb("VmHWM")?;
+    let (rss_anon_end, rss_file_end) = (read_status_kb("RssAnon")?, read_status_kb("RssFile")?);
     engine.drain();
     engine.join();
     let memory = Memory {
@@ -502,6 +508,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         rss_kv_bytes: rss_kv,
         rss_end_bytes: rss_end,
         peak_bytes: peak,
+        rss_anon_end_bytes: rss_anon_end,
+        rss_file_end_bytes: rss_file_end,
         weights_bytes,
         kv_cache_bytes,
         peak_beyond_weights_and_kv_bytes: peak as i64
@@ -570,14 +578,14 @@ fn request(prompts: &[PromptEntry], index: usize, max_tokens: u32, id: String) -
 }
 
 /// Submits a request and reads its stream to the end, timing every event against `origin`.
-/// `first_token` is called once, when the first token arrives; `keep_going` is asked after
-/// every event (returning false drops the stream, which cancels the request).
+/// `on_token` is called with the number of tokens so far whenever tokens arrive; `keep_going`
+/// is asked after every event (returning false drops the stream, which cancels the request).
 fn submit_and_collect(
     engine: &EngineHandle,
     request: GenerateRequest,
     (request_index, prompt_index): (usize, usize),
     origin: Instant,
-    mut first_token: impl FnMut(),
+    mut on_token: impl FnMut(usize),
     keep_going: impl Fn() -> bool,
 ) -> anyhow::Result<RequestRecord> {
     let submitted = Instant::now();
@@ -607,12 +615,12 @@ fn submit_and_collect(
                 }
                 if record.token_times_s.is_empty() {
                     record.ttft_s = now.duration_since(submitted).as_secs_f64();
-                    first_token();
                 }
                 for id in token_ids {
                     record.token_times_s.push(secs(now, origin));
                     record.output_ids.push(id);
                 }
+                on_token(record.output_ids.len());
             }
             Some(Event::Done {
                 finish_reason,
@@ -662,7 +670,7 @@ fn run_level(
                         request,
                         (i, i % prompts.len()),
                         origin,
-                        || {},
+                        |_| {},
                         || true,
                     )
                 })
@@ -725,7 +733,7 @@ fn run_short_under_load(
     rep: usize,
 ) -> anyhow::Result<ShortRun> {
     let probe_prompts = std::slice::from_ref(probe);
-    let run_probe = |origin: Instant, first_token: &mut dyn FnMut()| {
+    let run_probe = |origin: Instant, on_token: &mut dyn FnMut(usize)| {
         submit_and_collect(
             engine,
             request(
@@ -736,21 +744,23 @@ fn run_short_under_load(
             ),
             (0, 0),
             origin,
-            first_token,
+            on_token,
             || true,
         )
     };
     // The probe alone on the idle engine: one untimed run, then the timed ones.
-    run_probe(Instant::now(), &mut || {})?;
+    run_probe(Instant::now(), &mut |_| {})?;
     let mut unloaded = Vec::new();
     for _ in 0..args.short_probes {
-        unloaded.push(run_probe(Instant::now(), &mut || {})?.ttft_s);
+        unloaded.push(run_probe(Instant::now(), &mut |_| {})?.ttft_s);
     }
 
     let n = args.long_requests;
     let started = AtomicUsize::new(0);
     let finished = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
+    // The latest time between two tokens of long request 0, in ns: the scheduler's step time.
+    let step_ns = AtomicU64::new(0);
     let barrier = Barrier::new(n + 1);
     let origin = Instant::now();
     let meter = CpuMeter::start()?;
@@ -758,16 +768,31 @@ fn run_short_under_load(
         let handles: Vec<_> = (0..n)
             .map(|i| {
                 let request = request(prompts, i, args.long_max_tokens, format!("bench-long-{i}"));
-                let (started, finished, stop, barrier) = (&started, &finished, &stop, &barrier);
+                let (started, finished, stop, barrier, step_ns) =
+                    (&started, &finished, &stop, &barrier, &step_ns);
                 scope.spawn(move || {
                     barrier.wait();
+                    let mut last_token: Option<Instant> = None;
                     let record = submit_and_collect(
                         engine,
                         request,
                         (i, i % prompts.len()),
                         origin,
-                        || {
-                            started.fetch_add(1, Ordering::SeqCst);
+                        |count| {
+                            if count == 1 {
+                                started.fetch_add(1, Ordering::SeqCst);
+                            }
+                            if i == 0 {
+                                let now = Instant::now();
+                                if let Some(last) = last_token {
+                                    let gap = now.duration_since(last).as_nanos();
+                                    step_ns.store(
+                                        u64::try_from(gap).unwrap_or(u64::MAX),
+                                        Ordering::SeqCst,
+                                    );
+                                }
+                                last_token = Some(now);
+                            }
                         },
                         || !stop.load(Ordering::SeqCst),
                     );
@@ -782,11 +807,21 @@ fn run_short_under_load(
         }
         let window_start = secs(Instant::now(), origin);
         let probes = (0..args.short_probes)
-            .map(|_| {
+            .map(|k| {
+                // A probe is submitted right after the previous one's last token, i.e. just
+                // after a scheduler step began; real arrivals fall anywhere in a step. So probe
+                // k waits (k + 0.5) / probes of a step first: the probes sample the step's phase
+                // evenly.
+                let phase = (k as f64 + 0.5) / args.short_probes as f64;
+                std::thread::sleep(
+                    Duration::from_nanos(step_ns.load(Ordering::SeqCst)).mul_f64(phase),
+                );
                 // Long requests that had not finished when the probe's first token came.
                 let mut running = 0;
-                let record = run_probe(origin, &mut || {
-                    running = n - finished.load(Ordering::SeqCst);
+                let record = run_probe(origin, &mut |count| {
+                    if count == 1 {
+                        running = n - finished.load(Ordering::SeqCst);
+                    }
                 })?;
                 Ok((record.ttft_s, running))
             })
@@ -1017,16 +1052,18 @@ fn print_tables(report: &Report) {
     let m = &report.memory;
     println!();
     println!(
-        "| RSS start MiB | + ONNX Runtime | + model | + KV cache & warm-up | end | peak (VmHWM) | weights on disk | KV cache | peak − weights − KV |"
+        "| RSS start MiB | + ONNX Runtime | + model | + KV cache & warm-up | end (anon + file) | peak (VmHWM) | weights on disk | KV cache | peak − weights − KV |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        "| {:.1} | {:.1} | {:.1} | {:.1} | {:.1} ({:.1} + {:.1}) | {:.1} | {:.1} | {:.1} | {:.1} |",
         mib(m.rss_start_bytes),
         mib(m.rss_runtime_bytes),
         mib(m.rss_model_bytes),
         mib(m.rss_kv_bytes),
         mib(m.rss_end_bytes),
+        mib(m.rss_anon_end_bytes),
+        mib(m.rss_file_end_bytes),
         mib(m.peak_bytes),
         mib(m.weights_bytes),
         mib(m.kv_cache_bytes),
