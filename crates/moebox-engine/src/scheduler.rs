@@ -231,7 +231,7 @@ pub fn start(
                 shared: loop_shared,
                 waiting,
                 running: Vec::new(),
-                prefilling: None,
+                prefilling: VecDeque::new(),
                 flushing: Vec::new(),
                 heartbeat,
             }
@@ -506,8 +506,9 @@ struct Scheduler {
     waiting: Receiver<Admitted>,
     /// Decoding sequences; `running[i]` lives in cache row `i`.
     running: Vec<Running>,
-    /// The sequence being prefilled, in row `running.len()`.
-    prefilling: Option<Running>,
+    /// Admitted sequences whose prompts are being prefilled, oldest first; `prefilling[i]`
+    /// lives in cache row `running.len() + i`.
+    prefilling: VecDeque<Running>,
     /// Finished sequences whose last events wait for room in the client's channel.
     flushing: Vec<Running>,
     heartbeat: Box<dyn Fn() + Send>,
@@ -521,7 +522,7 @@ impl Scheduler {
                 state_from(self.shared.state.load(Ordering::Acquire)) == EngineState::Draining;
             if draining {
                 self.refuse_waiting();
-                if self.running.is_empty() && self.prefilling.is_none() && self.flushing.is_empty()
+                if self.running.is_empty() && self.prefilling.is_empty() && self.flushing.is_empty()
                 {
                     tracing::info!("scheduler drained");
                     return;
@@ -533,7 +534,7 @@ impl Scheduler {
             // Prefill first: a newcomer's first token then waits for its own prompt only, not
             // also for a decode step of everyone else; a row whose prompt completes here joins
             // this iteration's decode.
-            if self.prefilling.is_some() {
+            if !self.prefilling.is_empty() {
                 self.prefill_step();
             }
             if !self.running.is_empty() {
@@ -552,14 +553,12 @@ impl Scheduler {
         }
     }
 
-    /// Takes the next waiting request into the prefill row when one is free, blocking (up to
-    /// [`IDLE_TICK`]) only when nothing runs. Returns false when every handle is gone.
+    /// Takes waiting requests into free rows (all the free rows, so a burst is prefilled in
+    /// one iteration rather than one request per decode step), blocking (up to [`IDLE_TICK`])
+    /// only when nothing runs. Returns false when every handle is gone.
     fn admit(&mut self) -> bool {
-        if self.prefilling.is_some() || self.running.len() >= self.cache.rows() {
-            return true;
-        }
-        let idle = self.running.is_empty();
-        loop {
+        while self.running.len() + self.prefilling.len() < self.cache.rows() {
+            let idle = self.running.is_empty() && self.prefilling.is_empty();
             let next = if idle {
                 match self.waiting.recv_timeout(IDLE_TICK) {
                     Ok(request) => request,
@@ -586,9 +585,9 @@ impl Scheduler {
             candidate.send(Event::Started {
                 prompt_tokens: candidate.request.prompt_ids.len() as u32,
             });
-            self.prefilling = Some(candidate);
-            return true;
+            self.prefilling.push_back(candidate);
         }
+        true
     }
 
     fn refuse_waiting(&mut self) {
@@ -632,42 +631,70 @@ impl Scheduler {
         }
     }
 
-    /// One chunk of the prefilling sequence's prompt; its first token when the prompt is done.
+    /// Prefills up to `prefill_chunk_tokens` prompt tokens this iteration, oldest sequence
+    /// first, each in its own run (GroupQueryAttention on the CPU refuses prompts of different
+    /// lengths in one run); a sequence whose prompt completes samples its first token and joins
+    /// the decoding rows.
     fn prefill_step(&mut self) {
-        let Some(mut running) = self.prefilling.take() else {
-            return;
-        };
-        if running.client_gone() {
-            return;
-        }
-        let row = self.running.len();
-        let prompt = &running.request.prompt_ids;
-        let start = running.prefilled;
-        let end = (start + self.shared.limits.prefill_chunk_tokens.max(1)).min(prompt.len());
-        let chunk = prompt[start..end].to_vec();
-        match self
-            .model
-            .forward_batch(&mut self.cache, row, &chunk, chunk.len(), &[start])
-        {
-            Ok(mut logits) => {
-                running.prefilled = end;
-                if end < running.request.prompt_ids.len() {
-                    self.prefilling = Some(running);
+        let mut budget = self.shared.limits.prefill_chunk_tokens.max(1);
+        while budget > 0 {
+            let Some(mut running) = self.prefilling.pop_front() else {
+                return;
+            };
+            let row = self.running.len();
+            let prompt = &running.request.prompt_ids;
+            let start = running.prefilled;
+            let end = (start + budget).min(prompt.len());
+            let chunk = prompt[start..end].to_vec();
+            budget -= chunk.len();
+            match self
+                .model
+                .forward_batch(&mut self.cache, row, &chunk, chunk.len(), &[start])
+            {
+                Ok(mut logits) => {
+                    running.prefilled = end;
+                    if end < running.request.prompt_ids.len() {
+                        self.prefilling.push_front(running);
+                        return;
+                    }
+                    accept(
+                        &self.model,
+                        &mut running,
+                        &mut logits,
+                        &self.shared.counters,
+                    );
+                    self.running.push(running);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "prefill failed");
+                    fail(&mut running, &e.to_string());
+                    self.flushing.push(running);
+                    // Its row is free: the next prefilling sequence moves into it.
+                    self.close_prefill_gap(0);
                     return;
                 }
-                accept(
-                    &self.model,
-                    &mut running,
-                    &mut logits,
-                    &self.shared.counters,
-                );
-                self.running.push(running);
             }
-            Err(e) => {
-                tracing::error!(error = %e, "prefill failed");
-                fail(&mut running, &e.to_string());
-                self.flushing.push(running);
+        }
+    }
+
+    /// After `prefilling[index]` left (already removed), moves the last prefilling row into its
+    /// row so the prefilling rows stay contiguous after the decoding ones.
+    fn close_prefill_gap(&mut self, index: usize) {
+        let base = self.running.len();
+        let last = self.prefilling.len();
+        if index >= last {
+            return;
+        }
+        if let Err(e) = self.cache.move_row(base + last, base + index) {
+            tracing::error!(error = %e, "cannot compact the KV cache");
+            if let Some(mut moved) = self.prefilling.pop_back() {
+                fail(&mut moved, &e.to_string());
+                self.flushing.push(moved);
             }
+            return;
+        }
+        if let Some(moved) = self.prefilling.pop_back() {
+            self.prefilling.insert(index, moved);
         }
     }
 
@@ -677,13 +704,16 @@ impl Scheduler {
                 finish(&self.model.tokenizer, running, FinishReason::Cancelled);
             }
         }
-        if self.prefilling.as_ref().is_some_and(Running::client_gone) {
-            self.prefilling = None;
+        for index in (0..self.prefilling.len()).rev() {
+            if self.prefilling[index].client_gone() {
+                self.prefilling.remove(index);
+                self.close_prefill_gap(index);
+            }
         }
     }
 
     /// Removes finished sequences, keeping the running rows contiguous from row 0 and the
-    /// prefilling sequence right after them.
+    /// prefilling rows right after them.
     fn retire_finished(&mut self) {
         let prefill_row = self.running.len();
         let mut moved = false;
@@ -705,14 +735,23 @@ impl Scheduler {
             }
             moved = true;
         }
-        if moved
-            && self.prefilling.is_some()
-            && self.running.len() != prefill_row
-            && let Err(e) = self.cache.move_row(prefill_row, self.running.len())
-            && let Some(running) = self.prefilling.as_mut()
-        {
-            fail(running, &e.to_string());
-            self.prefilling = None;
+        if moved && self.running.len() != prefill_row {
+            // Shift the prefilling block down; destinations lie below their sources, and any
+            // source a later destination overwrites has already moved.
+            for index in 0..self.prefilling.len() {
+                if let Err(e) = self
+                    .cache
+                    .move_row(prefill_row + index, self.running.len() + index)
+                {
+                    tracing::error!(error = %e, "cannot compact the KV cache");
+                    let message = e.to_string();
+                    for mut lost in self.prefilling.drain(index..) {
+                        fail(&mut lost, &message);
+                        self.flushing.push(lost);
+                    }
+                    break;
+                }
+            }
         }
     }
 

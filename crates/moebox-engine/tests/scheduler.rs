@@ -316,3 +316,37 @@ fn chat_requests_render_the_template_in_the_engine() {
     let (ids, _, _) = collect(engine.submit(request).expect("admitted"));
     assert_eq!(ids, want);
 }
+
+#[test]
+fn a_sequence_cancelled_while_others_prefill_leaves_their_results_unchanged() {
+    let mut reference_model = model();
+    let prompts = [
+        "Quarterly revenue grew by 12% while costs fell.",
+        "Invoice #4471: 3 × consulting hours @ €150",
+        "Tax filings are due on the fifteenth of April",
+    ];
+    let expected: Vec<_> = [prompts[0], prompts[2]]
+        .iter()
+        .map(|p| alone(&mut reference_model, p, 30, SamplingParams::greedy()).0)
+        .collect();
+    // Chunks of 8 tokens: all three prompts are still prefilling when the second is cancelled.
+    let engine = engine(3, 3);
+    let first = engine
+        .submit(text_request(prompts[0], 30))
+        .expect("admitted");
+    let mut second = engine
+        .submit(text_request(prompts[1], 30))
+        .expect("admitted");
+    let third = engine
+        .submit(text_request(prompts[2], 30))
+        .expect("admitted");
+    assert!(matches!(
+        second.events.blocking_recv(),
+        Some(Event::Started { .. })
+    ));
+    drop(second);
+    let (a, _, _) = collect(first);
+    let (c, _, _) = collect(third);
+    assert_eq!(vec![a, c], expected);
+    wait_until("the batch empties", || engine.load().running == 0);
+}
