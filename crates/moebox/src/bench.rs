@@ -29,7 +29,6 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use moebox_config::{Config, ExecutionProviderKind};
 use moebox_engine::{
     model::{Model, SessionOptions},
     scheduler::{EngineHandle, SchedulerLimits, start},
@@ -310,20 +309,10 @@ struct Report {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let rss_start = read_status_kb("VmRSS")?;
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => {
-            let mut config = Config::default();
-            config.engine.execution_provider = ExecutionProviderKind::Cpu;
-            config
-        }
-    };
-    let execution_provider = match args.execution_provider.as_deref() {
-        None => config.engine.execution_provider,
-        Some("cpu") => ExecutionProviderKind::Cpu,
-        Some("cuda") => ExecutionProviderKind::Cuda,
-        Some(other) => bail!("--execution-provider must be `cpu` or `cuda`, got `{other}`"),
-    };
+    let (config, execution_provider) = crate::generate::config_and_provider(
+        args.config.as_deref(),
+        args.execution_provider.as_deref(),
+    )?;
     if args.concurrency.contains(&0) {
         bail!("--concurrency: every level must be at least 1");
     }

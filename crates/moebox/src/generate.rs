@@ -74,8 +74,14 @@ struct JsonOutput<'a> {
     finish_reason: &'a str,
 }
 
-pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let config = match &args.config {
+/// The configuration of a command that runs a model without the services (`generate`,
+/// `bench`): the file when one is given, else the defaults on the CPU; and the execution
+/// provider, `--execution-provider` overriding the config's.
+pub fn config_and_provider(
+    path: Option<&std::path::Path>,
+    execution_provider: Option<&str>,
+) -> anyhow::Result<(Config, ExecutionProviderKind)> {
+    let config = match path {
         Some(path) => Config::load(path)?,
         None => {
             let mut config = Config::default();
@@ -83,12 +89,18 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             config
         }
     };
-    let execution_provider = match args.execution_provider.as_deref() {
+    let execution_provider = match execution_provider {
         None => config.engine.execution_provider,
         Some("cpu") => ExecutionProviderKind::Cpu,
         Some("cuda") => ExecutionProviderKind::Cuda,
         Some(other) => anyhow::bail!("--execution-provider must be `cpu` or `cuda`, got `{other}`"),
     };
+    Ok((config, execution_provider))
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let (config, execution_provider) =
+        config_and_provider(args.config.as_deref(), args.execution_provider.as_deref())?;
     let runtime = moebox_engine::runtime::load(config.onnxruntime.library.as_deref())?;
     let options = SessionOptions {
         execution_provider,

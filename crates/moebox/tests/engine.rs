@@ -286,7 +286,12 @@ fn load_shows_running_requests_and_a_client_that_hangs_up_is_cancelled() {
     let busy: Vec<Response> = (0..16)
         .map(|_| engine.generate(PROMPT, MAX_TOKENS))
         .collect();
-    let load = engine.load();
+    // The requests reach the engine over their own connections: poll until it has taken them.
+    let mut load = engine.load();
+    wait_until("all sixteen requests reach the engine", || {
+        load = engine.load();
+        load["running"].as_u64().unwrap_or(0) + load["waiting"].as_u64().unwrap_or(0) >= 5
+    });
     let running = load["running"].as_u64().expect("running");
     assert!((1..=4).contains(&running), "{load}");
     assert!(load["waiting"].as_u64().expect("waiting") >= 1, "{load}");
