@@ -154,7 +154,7 @@ pub fn generate(
         prompt,
         budget,
     )?;
-    let mut cache = model.new_cache(1, prompt.len() + budget)?;
+    let mut cache = model.new_cache(prompt.len() + budget)?;
     let mut text = String::new();
     let mut emit = |chunk: &str, text: &mut String| {
         if !chunk.is_empty() {

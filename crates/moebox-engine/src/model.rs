@@ -12,6 +12,7 @@ use ort::{
 };
 
 use crate::{
+    batch::BatchCache,
     chat_template::{ChatTemplate, ChatTemplateError},
     genai_config::{GenaiConfigError, ModelSpec},
     runtime::Runtime,
@@ -175,9 +176,9 @@ impl Model {
         &mut self.session
     }
 
-    /// Allocates an empty KV cache for `batch` rows of up to `capacity` positions each.
-    pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache, ModelError> {
-        KvCache::new(self, batch, capacity)
+    /// Allocates an empty KV cache for one sequence of up to `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache, ModelError> {
+        KvCache::new(self, capacity)
     }
 
     /// Runs the model over `new_tokens` for one sequence whose first `cache.len()` positions are
@@ -187,69 +188,36 @@ impl Model {
         cache: &mut KvCache,
         new_tokens: &[u32],
     ) -> Result<Vec<f32>, ModelError> {
-        if new_tokens.is_empty() {
-            return Err(ModelError::Run {
-                during: "forward",
-                message: "no tokens to run".into(),
-            });
-        }
-        let total = cache.len + new_tokens.len();
-        if total > cache.capacity {
-            return Err(ModelError::Run {
-                during: "forward",
-                message: format!(
-                    "{total} positions exceed the KV cache capacity of {}",
-                    cache.capacity
-                ),
-            });
-        }
-        let ids_shape = [1_i64, new_tokens.len() as i64];
-        let input_ids = integer_tensor(
-            self.types.input_ids,
-            &ids_shape,
-            new_tokens.iter().map(|&t| i64::from(t)),
-        )?;
-        let mask_shape = [1_i64, total as i64];
-        let attention_mask = integer_tensor(
-            self.types.attention_mask,
-            &mask_shape,
-            std::iter::repeat_n(1, total),
-        )?;
-        let names = &self.spec.names;
+        let past = cache.len;
+        let total = past + new_tokens.len();
         let logits = match &mut cache.storage {
-            KvStorage::Shared { binding, .. } => {
-                // Logits change shape with the number of new tokens: let ONNX Runtime allocate
-                // them afresh on every run rather than reuse the last run's buffer.
-                binding
-                    .bind_output_to_device(names.logits.as_str(), &cache.logits_memory)
-                    .map_err(run_error("binding logits"))?;
-                binding
-                    .bind_input(names.input_ids.as_str(), &input_ids)
-                    .map_err(run_error("binding input_ids"))?;
-                if let Some(mask_name) = &names.attention_mask {
-                    binding
-                        .bind_input(mask_name.as_str(), &attention_mask)
-                        .map_err(run_error("binding attention_mask"))?;
-                }
-                let outputs = self
-                    .session
-                    .run_binding(binding.as_ref())
-                    .map_err(run_error("decoder run"))?;
-                let logits = outputs
-                    .get(names.logits.as_str())
-                    .ok_or_else(|| ModelError::Run {
-                        during: "decoder run",
-                        message: format!("no `{}` output", names.logits),
-                    })?;
-                crate::batch::last_positions(
-                    logits,
-                    self.types.logits,
-                    1,
-                    new_tokens.len(),
-                    self.spec.vocab_size,
-                )?
+            // The shared layout is the batched cache with one row: one piece of code binds
+            // buffers in place for both.
+            KvStorage::Shared(batch) => {
+                self.forward_batch(batch, 0, new_tokens, new_tokens.len(), &[past])?
             }
             KvStorage::Growing { keys, values } => {
+                if new_tokens.is_empty() || total > cache.capacity {
+                    return Err(ModelError::Run {
+                        during: "forward",
+                        message: format!(
+                            "{} new tokens after {past} do not fit a KV cache of {}",
+                            new_tokens.len(),
+                            cache.capacity
+                        ),
+                    });
+                }
+                let names = &self.spec.names;
+                let input_ids = integer_tensor(
+                    self.types.input_ids,
+                    &[1, new_tokens.len() as i64],
+                    new_tokens.iter().map(|&t| i64::from(t)),
+                )?;
+                let attention_mask = integer_tensor(
+                    self.types.attention_mask,
+                    &[1, total as i64],
+                    std::iter::repeat_n(1, total),
+                )?;
                 let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> =
                     Vec::with_capacity(2 + 2 * keys.len());
                 inputs.push((names.input_ids.clone(), input_ids.into()));
@@ -302,24 +270,19 @@ impl Model {
 ///
 /// Two layouts, chosen by `search.past_present_share_buffer` in `genai_config.json`:
 /// *shared*, one buffer of fixed capacity per layer bound as both past input and present output
-/// so ONNX Runtime writes new positions in place (the layout CUDA graphs need); and *growing*,
-/// where each step's presents, one position longer, become the next step's pasts.
+/// so ONNX Runtime writes new positions in place (the scheduler's [`BatchCache`] with one row);
+/// and *growing*, where each step's presents, one position longer, become the next step's pasts
+/// (sliding-window layers keep their fixed rolling buffer).
 #[derive(Debug)]
 pub struct KvCache {
     len: usize,
     capacity: usize,
     storage: KvStorage,
-    /// Logits are read on the host whatever the device.
-    logits_memory: MemoryInfo<'static>,
 }
 
 #[derive(Debug)]
 enum KvStorage {
-    Shared {
-        binding: Box<ort::session::IoBinding>,
-        _keys: Vec<DynTensor>,
-        _values: Vec<DynTensor>,
-    },
+    Shared(BatchCache),
     Growing {
         keys: Vec<DynTensor>,
         values: Vec<DynTensor>,
@@ -327,60 +290,20 @@ enum KvStorage {
 }
 
 impl KvCache {
-    fn new(model: &Model, batch: usize, capacity: usize) -> Result<Self, ModelError> {
-        let spec = &model.spec;
-        let names = &spec.names;
-        let kv_shape = |positions: usize| {
-            [
-                batch as i64,
-                spec.num_kv_heads as i64,
-                positions as i64,
-                spec.head_size as i64,
-            ]
-        };
-        let storage = if spec.past_present_share_buffer {
-            let mut binding = model
-                .session
-                .create_binding()
-                .map_err(run_error("creating the IO binding"))?;
-            let mut keys = Vec::with_capacity(spec.num_layers);
-            let mut values = Vec::with_capacity(spec.num_layers);
-            for layer in 0..spec.num_layers {
-                let rows = layer_rows(spec, layer, capacity, model.kv_device).unwrap_or(capacity);
-                for (past, present, store) in [
-                    (&names.past_key[layer], &names.present_key[layer], &mut keys),
-                    (
-                        &names.past_value[layer],
-                        &names.present_value[layer],
-                        &mut values,
-                    ),
-                ] {
-                    let mut buffer = zeroed_tensor(
-                        &model.session,
-                        model.kv_device,
-                        model.types.kv,
-                        &kv_shape(rows),
-                    )?;
-                    binding
-                        .bind_input(past.as_str(), &buffer)
-                        .map_err(run_error("binding the KV cache"))?;
-                    binding
-                        .bind_output(present.as_str(), &mut buffer)
-                        .map_err(run_error("binding the KV cache"))?;
-                    store.push(buffer);
-                }
-            }
-            KvStorage::Shared {
-                binding: Box::new(binding),
-                _keys: keys,
-                _values: values,
-            }
+    fn new(model: &Model, capacity: usize) -> Result<Self, ModelError> {
+        let storage = if model.spec.past_present_share_buffer {
+            KvStorage::Shared(model.new_batch_cache(1, capacity)?)
         } else {
-            // Full-attention layers start empty and grow by the new positions each step;
-            // sliding-window layers keep their fixed rolling buffer.
+            let spec = &model.spec;
             let initial = |layer: usize| {
                 let rows = layer_rows(spec, layer, capacity, model.kv_device).unwrap_or(0);
-                zeroed_tensor(&model.session, Device::Cpu, model.types.kv, &kv_shape(rows))
+                let shape = [
+                    1,
+                    spec.num_kv_heads as i64,
+                    rows as i64,
+                    spec.head_size as i64,
+                ];
+                zeroed_tensor(&model.session, Device::Cpu, model.types.kv, &shape)
             };
             KvStorage::Growing {
                 keys: (0..spec.num_layers)
@@ -395,13 +318,6 @@ impl KvCache {
             len: 0,
             capacity,
             storage,
-            logits_memory: MemoryInfo::new(
-                AllocationDevice::CPU,
-                0,
-                AllocatorType::Device,
-                MemoryType::Default,
-            )
-            .map_err(run_error("binding logits"))?,
         })
     }
 
