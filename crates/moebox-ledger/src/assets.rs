@@ -23,7 +23,9 @@ pub const MAX_AMORTISATION_MONTHS: u32 = 600;
 pub enum AmortisationMethod {
     StraightLine,
     /// With the multiple of the straight-line rate, in millionths (2.0 = 2,000,000).
-    DecliningBalance { factor_micros: i64 },
+    DecliningBalance {
+        factor_micros: i64,
+    },
 }
 
 impl AmortisationMethod {
@@ -60,10 +62,8 @@ pub struct AssetRow {
 
 impl AssetRow {
     pub fn validate(&self) -> Result<(), LedgerError> {
-        let invalid = |field: &'static str, message: String| LedgerError::InvalidField {
-            field,
-            message,
-        };
+        let invalid =
+            |field: &'static str, message: String| LedgerError::InvalidField { field, message };
         check_label("name", &self.name)?;
         if self.name.trim() != self.name {
             return Err(invalid(
@@ -208,7 +208,11 @@ fn asset_version(row: &rusqlite::Row<'_>) -> rusqlite::Result<AssetVersion> {
 impl Ledger {
     /// Makes the register's assets in force equal `assets` as of `now` (see the module
     /// docs). Names must be unique; all or nothing.
-    pub fn sync_assets(&self, assets: &[AssetRow], now: UnixSeconds) -> Result<AssetSync, LedgerError> {
+    pub fn sync_assets(
+        &self,
+        assets: &[AssetRow],
+        now: UnixSeconds,
+    ) -> Result<AssetSync, LedgerError> {
         if assets.len() > MAX_ASSETS {
             return Err(LedgerError::InvalidField {
                 field: "assets",
@@ -263,10 +267,7 @@ impl Ledger {
             }
         }
         for asset in assets {
-            if in_force
-                .iter()
-                .any(|old| old.asset == *asset)
-            {
+            if in_force.iter().any(|old| old.asset == *asset) {
                 continue;
             }
             let known: Option<i64> = transaction

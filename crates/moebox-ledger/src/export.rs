@@ -13,9 +13,7 @@
 
 use serde::Serialize;
 
-use crate::{
-    Ledger, LedgerError, StoredUsage, UnixMillis, UnixSeconds, UsageTotals,
-};
+use crate::{Ledger, LedgerError, StoredUsage, UnixMillis, UnixSeconds, UsageTotals};
 
 /// First characters that make a spreadsheet read a cell as a formula.
 pub const FORMULA_TRIGGERS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
@@ -91,7 +89,12 @@ pub struct ReportRow {
 }
 
 impl ReportRow {
-    fn new(key_id: Option<i64>, key_name: Option<String>, team: Option<String>, t: &UsageTotals) -> Self {
+    fn new(
+        key_id: Option<i64>,
+        key_name: Option<String>,
+        team: Option<String>,
+        t: &UsageTotals,
+    ) -> Self {
         Self {
             key_id,
             key_name,
@@ -373,13 +376,21 @@ mod tests {
             for (line, row) in csv[1..].iter().zip(json_rows) {
                 let team = unguard(&line[column("team")]);
                 assert_eq!(Some(team), row["team"].as_str());
-                for name in ["requests", "prompt_tokens", "completion_tokens", "total_tokens"] {
+                for name in [
+                    "requests",
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "total_tokens",
+                ] {
                     let from_csv: u64 = line[column(name)].parse().expect("number");
                     assert_eq!(Some(from_csv), row[name].as_u64(), "{name}");
                 }
                 csv_sum += line[column("total_tokens")].parse::<u64>().expect("number");
                 if group == ReportGroup::Key {
-                    assert_eq!(Some(unguard(&line[column("key_name")])), row["key_name"].as_str());
+                    assert_eq!(
+                        Some(unguard(&line[column("key_name")])),
+                        row["key_name"].as_str()
+                    );
                     assert!(line[column("key_name")].starts_with("'="));
                 }
             }
@@ -415,7 +426,10 @@ mod tests {
             assert_eq!(unguard(&line[5]), stored.record.team);
             assert_eq!(row["team"].as_str(), Some(stored.record.team.as_str()));
             assert_eq!(line[8], stored.record.prompt_tokens.to_string());
-            assert_eq!(row["prompt_tokens"].as_u64(), Some(stored.record.prompt_tokens));
+            assert_eq!(
+                row["prompt_tokens"].as_u64(),
+                Some(stored.record.prompt_tokens)
+            );
             assert_eq!(line[2], stored.record.started_at.to_rfc3339());
         }
     }

@@ -1,14 +1,36 @@
 //! The appliance's database: one SQLite file under `/var/lib/moebox` (`ledger.database`).
+//! The ledger is the only code that reads or writes it.
 //!
-//! SQLite in WAL mode, so readers (the CLI, exports) never block the gateway's writes; schema
-//! migrations are versioned in code ([`schema::MIGRATIONS`], tracked in `PRAGMA user_version`);
-//! the gateway process is the one writer, through one [`Ledger`] (`moebox keys` writes from
-//! its own short-lived process, serialised by SQLite's lock and a busy timeout).
+//! SQLite in WAL mode (readers, the CLI and exports, never block the writer), `synchronous =
+//! FULL` (a committed row survives a crash), `auto_vacuum = INCREMENTAL` (compaction gives
+//! space back), schema migrations versioned in code ([`schema::MIGRATIONS`], tracked in
+//! `PRAGMA user_version`; a database from a newer release is refused).
 //!
-//! Today it holds API keys ([`Ledger::create_key`], [`Ledger::list_keys`],
-//! [`Ledger::revoke_key`], [`Ledger::verify_key`]); usage records, telemetry samples and the
-//! asset register (issue 5) come as further migrations. Keys are stored only as SHA-256
-//! digests; the plaintext exists once, in [`CreatedKey`].
+//! What it holds:
+//! - API keys ([`Ledger::create_key`], [`Ledger::verify_key`], ...), stored only as SHA-256
+//!   digests; the plaintext exists once, in [`CreatedKey`] (`key`).
+//! - One [`UsageRecord`] per request (never content), written by the process's one
+//!   [`UsageWriter`] thread with group commit: [`UsageWriter::record`] resolves once the
+//!   record is durable, and a full queue is refused at once (`writer`). Each record is also
+//!   added to its hourly and daily rollup in the same transaction (`usage`), so totals per
+//!   team, key and model, series, a key's tokens this month ([`Ledger::tokens_used_by_key_since`])
+//!   and the token mix come from a few rows whatever the period; raw records page out with
+//!   [`Ledger::usage_records`].
+//! - [`TelemetrySample`]s per GPU (or CPU package), rolled up per minute, hour and day, for
+//!   energy ([`Ledger::energy_kwh`], per hour for time-of-use tariffs), utilisation and power
+//!   series and the latest sample per source (`telemetry`).
+//! - The asset register, the TCO assets of the config with history ([`Ledger::sync_assets`],
+//!   [`Ledger::assets_at`]; `assets`).
+//!
+//! [`Ledger::compact`] applies the [`Retention`] windows: finer rows older than their window
+//! are deleted and queries answer those periods from coarser rollups, so totals never change
+//! when it runs (`retention`, `period`). [`export`] writes CSV (RFC 4180, formula-injection
+//! guard) and JSON from the same values.
+//!
+//! The gateway process is the one writer: usage and telemetry go through its [`UsageWriter`]
+//! (on a [`Ledger`] of its own, so a commit's fsync never delays key checks), keys and
+//! compaction through short transactions that wait for SQLite's lock (`BEGIN IMMEDIATE`,
+//! [`BUSY_TIMEOUT`]); `moebox keys` writes from its own short-lived process the same way.
 
 #![forbid(unsafe_code)]
 
@@ -42,16 +64,14 @@ pub use retention::{
     DEFAULT_USAGE_RAW_DAYS, MAX_RETENTION_DAYS, Retention,
 };
 pub use telemetry::{
-    EnergyPoint, JOULES_PER_KWH, MAX_GPU_INDEX, TelemetryPoint, TelemetrySample,
-    TelemetrySource,
+    EnergyPoint, JOULES_PER_KWH, MAX_GPU_INDEX, TelemetryPoint, TelemetrySample, TelemetrySource,
 };
 pub use usage::{
     KeyUsage, MAX_PAGE_RECORDS, MAX_USAGE_TEXT_CHARS, ModelUsage, RecordCursor, RecordPage,
     StoredUsage, TeamUsage, TokenMix, UsageFilter, UsagePoint, UsageRecord, UsageTotals,
 };
 pub use writer::{
-    DEFAULT_WRITER_QUEUE_CAPACITY, MAX_WRITER_QUEUE_CAPACITY, UsageWriter, WriteError,
-    WriterThread,
+    DEFAULT_WRITER_QUEUE_CAPACITY, MAX_WRITER_QUEUE_CAPACITY, UsageWriter, WriteError, WriterThread,
 };
 
 /// How long a statement waits for another process's write lock before failing.
@@ -60,6 +80,8 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_LABEL_CHARS: usize = 64;
 /// The team a key belongs to when none is given.
 pub const DEFAULT_TEAM: &str = "default";
+/// SQLite's page cache per connection, in KiB (its default is 2 MiB).
+pub const PAGE_CACHE_KIB: i64 = 32 * 1024;
 /// How large the WAL file stays after a checkpoint.
 pub const WAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
 
@@ -329,6 +351,10 @@ impl Ledger {
         connection
             .pragma_update(None, "foreign_keys", "ON")
             .map_err(sqlite("enable foreign keys"))?;
+        // The rollups' and indexes' hot pages stay in memory across commits.
+        connection
+            .pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
+            .map_err(sqlite("set page cache size"))?;
         // After a burst, a checkpoint truncates the WAL back to this size.
         connection
             .pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)

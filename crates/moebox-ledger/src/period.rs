@@ -135,7 +135,9 @@ fn effective_bound(t: i64, tiers: &[Tier]) -> i64 {
             };
         }
     }
-    tiers.first().map_or(t, |tier| floor_to(t, tier.bucket.max(1)))
+    tiers
+        .first()
+        .map_or(t, |tier| floor_to(t, tier.bucket.max(1)))
 }
 
 fn split(from: i64, to: i64, tiers: &[Tier], index: usize, out: &mut Vec<Segment>) {
@@ -280,10 +282,12 @@ mod tests {
     fn series_are_bounded() {
         let hours = series_buckets(UnixSeconds(30), UnixSeconds(3 * HOUR), Step::Hour).expect("ok");
         assert_eq!(hours, vec![0, HOUR, 2 * HOUR]);
-        assert!(series_buckets(UnixSeconds(0), UnixSeconds(3 * HOUR + 1), Step::Hour)
-            .expect("ok")
-            .len()
-            == 4);
+        assert!(
+            series_buckets(UnixSeconds(0), UnixSeconds(3 * HOUR + 1), Step::Hour)
+                .expect("ok")
+                .len()
+                == 4
+        );
         match series_buckets(UnixSeconds(0), UnixSeconds(DAY * 365 * 3), Step::Hour) {
             Err(LedgerError::InvalidField { field: "to", .. }) => {}
             other => panic!("{other:?}"),

@@ -208,7 +208,9 @@ impl Ledger {
                 )
                 .map_err(sqlite("move retention floor"))?;
         }
-        transaction.commit().map_err(sqlite("move retention floors"))?;
+        transaction
+            .commit()
+            .map_err(sqlite("move retention floors"))?;
 
         let mut deleted = [0u64; 5];
         for (index, target) in TARGETS.iter().enumerate() {
@@ -239,8 +241,14 @@ impl Ledger {
             .map_err(sqlite("count free pages"))?;
         // Works when the database was created with auto_vacuum = INCREMENTAL (every
         // database this crate creates); a no-op on older files.
+        // The pragma frees one page per step: step it to the end.
         connection
-            .execute_batch("PRAGMA incremental_vacuum")
+            .prepare("PRAGMA incremental_vacuum")
+            .and_then(|mut statement| {
+                let mut rows = statement.query([])?;
+                while rows.next()?.is_some() {}
+                Ok(())
+            })
             .map_err(sqlite("free pages"))?;
         let free_after: i64 = connection
             .query_row("PRAGMA freelist_count", [], |row| row.get(0))

@@ -107,10 +107,8 @@ impl TelemetrySample {
 
     /// Finite, non-negative measurements in range, naming the field that is not.
     pub fn validate(&self) -> Result<(), LedgerError> {
-        let invalid = |field: &'static str, message: String| LedgerError::InvalidField {
-            field,
-            message,
-        };
+        let invalid =
+            |field: &'static str, message: String| LedgerError::InvalidField { field, message };
         if let TelemetrySource::Gpu(index) = self.source
             && index > MAX_GPU_INDEX
         {
@@ -236,11 +234,7 @@ pub(crate) fn insert(
     samples: &[TelemetrySample],
 ) -> Result<usize, LedgerError> {
     let raw_floor = retention::floor(transaction, retention::TELEMETRY_RAW)?;
-    let prepare = |sql: &str| {
-        transaction
-            .prepare(sql)
-            .map_err(sqlite("store telemetry"))
-    };
+    let prepare = |sql: &str| transaction.prepare(sql).map_err(sqlite("store telemetry"));
     let placeholders = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11";
     let mut raw = prepare(&format!(
         "INSERT INTO telemetry ({SAMPLE_COLUMNS}) VALUES ({placeholders}) \
@@ -666,7 +660,9 @@ mod tests {
     fn series_and_latest_summarise_each_gpu() {
         let ledger = ledger();
         let start = 20_000 * DAY;
-        let mut samples: Vec<_> = (0..120).map(|i| gpu_sample(1, start + i * 30, 9_000.0)).collect();
+        let mut samples: Vec<_> = (0..120)
+            .map(|i| gpu_sample(1, start + i * 30, 9_000.0))
+            .collect();
         samples.push(TelemetrySample {
             energy_joules: Some(500.0),
             ..TelemetrySample::new(TelemetrySource::Cpu, UnixMillis(start * 1000))
@@ -724,7 +720,11 @@ mod tests {
         ];
         let before: Vec<f64> = periods
             .iter()
-            .map(|&(a, b)| ledger.energy_kwh(UnixSeconds(a), UnixSeconds(b)).expect("e"))
+            .map(|&(a, b)| {
+                ledger
+                    .energy_kwh(UnixSeconds(a), UnixSeconds(b))
+                    .expect("e")
+            })
             .collect();
         let retention = Retention {
             telemetry_raw_days: 2,
@@ -738,7 +738,11 @@ mod tests {
         assert!(first.telemetry_minutes_deleted > 0 && first.telemetry_hours_deleted > 0);
         let after: Vec<f64> = periods
             .iter()
-            .map(|&(a, b)| ledger.energy_kwh(UnixSeconds(a), UnixSeconds(b)).expect("e"))
+            .map(|&(a, b)| {
+                ledger
+                    .energy_kwh(UnixSeconds(a), UnixSeconds(b))
+                    .expect("e")
+            })
             .collect();
         for (b, a) in before.iter().zip(&after) {
             assert!((b - a).abs() < 1e-9, "{before:?} {after:?}");

@@ -52,10 +52,8 @@ pub struct UsageRecord {
 impl UsageRecord {
     /// Checks every field against the schema's limits, naming the field that is wrong.
     pub fn validate(&self) -> Result<(), LedgerError> {
-        let invalid = |field: &'static str, message: String| LedgerError::InvalidField {
-            field,
-            message,
-        };
+        let invalid =
+            |field: &'static str, message: String| LedgerError::InvalidField { field, message };
         for (field, value) in [
             ("request_id", Some(&self.request_id)),
             ("team", Some(&self.team)),
@@ -297,7 +295,10 @@ fn to_i64(value: u64) -> i64 {
 }
 
 /// Inserts validated records and adds them to their rollups, inside the caller's transaction.
-pub(crate) fn insert(transaction: &Transaction<'_>, records: &[UsageRecord]) -> rusqlite::Result<()> {
+pub(crate) fn insert(
+    transaction: &Transaction<'_>,
+    records: &[UsageRecord],
+) -> rusqlite::Result<()> {
     let mut raw = transaction.prepare(INSERT_USAGE)?;
     let mut hourly = transaction.prepare(&upsert_rollup("usage_hourly"))?;
     let mut daily = transaction.prepare(&upsert_rollup("usage_daily"))?;
@@ -424,9 +425,7 @@ impl Ledger {
             };
             let mut values = vec![Value::Integer(low), Value::Integer(high)];
             values.extend(filter_value.clone());
-            let mut statement = connection
-                .prepare(&sql)
-                .map_err(sqlite("sum usage"))?;
+            let mut statement = connection.prepare(&sql).map_err(sqlite("sum usage"))?;
             let mut rows = statement
                 .query(rusqlite::params_from_iter(values))
                 .map_err(sqlite("sum usage"))?;
@@ -692,14 +691,24 @@ fn stored_usage(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredUsage> {
 
 /// Test data shared by this crate's tests.
 #[cfg(test)]
-pub(crate) fn sample_record(n: u64, started_at: UnixMillis, team: &str, key_id: i64) -> UsageRecord {
+pub(crate) fn sample_record(
+    n: u64,
+    started_at: UnixMillis,
+    team: &str,
+    key_id: i64,
+) -> UsageRecord {
     UsageRecord {
         request_id: format!("req-{n}"),
         started_at,
         ended_at: UnixMillis(started_at.0 + 1_500),
         key_id,
         team: team.to_owned(),
-        model: if n % 3 == 0 { "gpt-oss-20b" } else { "phi-3.5-moe" }.to_owned(),
+        model: if n.is_multiple_of(3) {
+            "gpt-oss-20b"
+        } else {
+            "phi-3.5-moe"
+        }
+        .to_owned(),
         endpoint: "/v1/chat/completions".to_owned(),
         prompt_tokens: 100 + n % 57,
         completion_tokens: 20 + n % 31,

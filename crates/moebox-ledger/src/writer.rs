@@ -19,7 +19,10 @@
 //! [`Ledger`] of its own (a second [`Ledger::open`] of the same file) so that a commit never
 //! holds up key checks on the gateway's other connection.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -66,6 +69,14 @@ enum Job {
 pub struct UsageWriter {
     sender: mpsc::Sender<Job>,
     capacity: usize,
+    stats: Arc<Stats>,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    commits: AtomicU64,
+    records: AtomicU64,
+    failed_batches: AtomicU64,
 }
 
 /// The writer thread; [`WriterThread::join`] waits for it to drain and stop.
@@ -95,11 +106,22 @@ impl UsageWriter {
             });
         }
         let (sender, receiver) = mpsc::channel(capacity);
+        let stats = Arc::new(Stats::default());
         let thread = std::thread::Builder::new()
             .name("ledger-writer".to_owned())
-            .spawn(move || run(&ledger, receiver, capacity))
+            .spawn({
+                let stats = Arc::clone(&stats);
+                move || run(&ledger, receiver, capacity, &stats)
+            })
             .map_err(LedgerError::WriterThread)?;
-        Ok((Self { sender, capacity }, WriterThread(thread)))
+        Ok((
+            Self {
+                sender,
+                capacity,
+                stats,
+            },
+            WriterThread(thread),
+        ))
     }
 
     /// Queues `record` and returns once it is durable (committed, fsynced). Fails at once
@@ -128,19 +150,36 @@ impl UsageWriter {
         self.capacity.saturating_sub(self.sender.capacity())
     }
 
+    /// Transactions committed so far (`records_written / commits` is the mean group size).
+    pub fn commits(&self) -> u64 {
+        self.stats.commits.load(Ordering::Relaxed)
+    }
+
+    /// Usage records committed so far.
+    pub fn records_written(&self) -> u64 {
+        self.stats.records.load(Ordering::Relaxed)
+    }
+
+    /// Batches rolled back on a database error so far.
+    pub fn failed_batches(&self) -> u64 {
+        self.stats.failed_batches.load(Ordering::Relaxed)
+    }
+
     async fn submit(&self, job: impl FnOnce(Ack) -> Job) -> Result<(), WriteError> {
         let (ack, done) = oneshot::channel();
-        self.sender.try_send(job(ack)).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => WriteError::QueueFull {
-                capacity: self.capacity,
-            },
-            mpsc::error::TrySendError::Closed(_) => WriteError::Stopped,
-        })?;
+        self.sender
+            .try_send(job(ack))
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => WriteError::QueueFull {
+                    capacity: self.capacity,
+                },
+                mpsc::error::TrySendError::Closed(_) => WriteError::Stopped,
+            })?;
         done.await.unwrap_or(Err(WriteError::Stopped))
     }
 }
 
-fn run(ledger: &Ledger, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
+fn run(ledger: &Ledger, mut receiver: mpsc::Receiver<Job>, max_batch: usize, stats: &Stats) {
     let mut jobs = Vec::new();
     while let Some(job) = receiver.blocking_recv() {
         jobs.push(job);
@@ -165,7 +204,19 @@ fn run(ledger: &Ledger, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
                 }
             }
         }
-        let result = ledger.write_batch(&records, &samples).map_err(|error| {
+        let result = ledger.write_batch(&records, &samples);
+        match &result {
+            Ok(_) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .records
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
+            Err(_) => {
+                stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let result = result.map_err(|error| {
             tracing::error!(
                 %error,
                 records = records.len(),

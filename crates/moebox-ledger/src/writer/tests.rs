@@ -76,6 +76,8 @@ async fn concurrent_records_are_durable_once_acknowledged() {
         writer.record(bad).await,
         Err(WriteError::Invalid(_))
     ));
+    assert_eq!(writer.records_written(), 800);
+    assert!(writer.commits() >= 1 && writer.commits() <= 801);
     drop(writer);
     thread.join();
     let reader = Ledger::open(&path).expect("reopen");
@@ -96,7 +98,10 @@ async fn a_full_queue_is_refused_at_once_and_drains_when_the_lock_goes() {
     assert!(gave_up.is_err(), "stored while the lock was held");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while writer.queued() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "writer never took the record");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writer never took the record"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let queued: Vec<_> = (2..4)
@@ -106,7 +111,10 @@ async fn a_full_queue_is_refused_at_once_and_drains_when_the_lock_goes() {
         })
         .collect();
     while writer.queued() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "records never queued");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "records never queued"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     match writer.record(record(4)).await {
@@ -174,6 +182,7 @@ async fn a_full_disk_fails_the_requests_keeps_what_was_committed_and_recovers() 
         .pragma_update(None, "max_page_count", pages * 100)
         .expect("unlimit");
     writer.record(record(60_000)).await.expect("stored again");
+    assert_eq!(writer.failed_batches(), 2);
     drop(writer);
     thread.join();
     let ids = stored_request_ids(&Ledger::open(&path).expect("reopen"));
