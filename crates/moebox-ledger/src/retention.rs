@@ -176,8 +176,9 @@ impl Ledger {
     /// Applies `retention` as of `now`: moves each table's floor to the start of the UTC day
     /// `days` before `now` (never backwards), deletes the rows below it in chunks of
     /// [`COMPACTION_CHUNK_ROWS`], and gives freed pages back to the file system. Idempotent;
-    /// safe to run while the writer writes (each chunk is its own short transaction). Run it
-    /// from a connection of its own (not the one key checks use), e.g. hourly.
+    /// safe to run while the writer writes: each chunk is its own short transaction, and this
+    /// `Ledger`'s connection is free for other callers between chunks. It blocks: call it
+    /// from a blocking thread (`spawn_blocking`), e.g. hourly.
     pub fn compact(
         &self,
         now: UnixSeconds,
@@ -211,6 +212,8 @@ impl Ledger {
         transaction
             .commit()
             .map_err(sqlite("move retention floors"))?;
+        // Let others use this connection between chunks (key checks, the writer).
+        drop(connection);
 
         let mut deleted = [0u64; 5];
         for (index, target) in TARGETS.iter().enumerate() {
@@ -227,7 +230,8 @@ impl Ledger {
                 column = target.column,
             );
             loop {
-                let removed = connection
+                let removed = self
+                    .connection()?
                     .execute(&sql, params![below, COMPACTION_CHUNK_ROWS])
                     .map_err(sqlite("delete expired rows"))?;
                 deleted[index] += removed as u64;
@@ -236,12 +240,12 @@ impl Ledger {
                 }
             }
         }
+        let connection = self.connection()?;
         let free_before: i64 = connection
             .query_row("PRAGMA freelist_count", [], |row| row.get(0))
             .map_err(sqlite("count free pages"))?;
         // Works when the database was created with auto_vacuum = INCREMENTAL (every
-        // database this crate creates); a no-op on older files.
-        // The pragma frees one page per step: step it to the end.
+        // database this crate creates; a no-op on older files). It frees one page per step.
         connection
             .prepare("PRAGMA incremental_vacuum")
             .and_then(|mut statement| {
