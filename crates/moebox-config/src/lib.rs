@@ -810,6 +810,16 @@ impl Config {
                 return Err(invalid(key, "must be at least 1, got 0".to_owned()));
             }
         }
+        if gateway.max_output_tokens > 0 && self.engine.max_tokens > gateway.max_output_tokens {
+            return Err(invalid(
+                "engine.max_tokens",
+                format!(
+                    "the default completion length ({}) must not exceed \
+                     gateway.max_output_tokens ({})",
+                    self.engine.max_tokens, gateway.max_output_tokens
+                ),
+            ));
+        }
         if gateway.max_header_bytes < MIN_GATEWAY_MAX_HEADER_BYTES {
             return Err(invalid(
                 "gateway.max_header_bytes",

@@ -310,6 +310,19 @@ impl EngineHandle {
                 ),
             ));
         }
+        if let Some(limit) = request.max_prompt_tokens
+            && prompt_ids.len() > limit as usize
+        {
+            return Err(refuse(
+                ErrorCode::ContextLengthExceeded,
+                Some("messages"),
+                format!(
+                    "the prompt has {} tokens, more than this server's limit of {limit} \
+                     (gateway.max_prompt_tokens)",
+                    prompt_ids.len()
+                ),
+            ));
+        }
         let capacity = shared.limits.row_capacity;
         let budget = completion_budget(
             prompt_ids.len(),

@@ -243,6 +243,24 @@ fn invalid_requests_name_the_field_and_limit() {
         refusal.0.message
     );
     let refusal = engine
+        .submit(GenerateRequest {
+            max_prompt_tokens: Some(2),
+            ..text_request("a prompt of more than two tokens", 5)
+        })
+        .expect_err("prompt over the gateway's cap");
+    assert_eq!(refusal.0.code, ErrorCode::ContextLengthExceeded);
+    assert!(
+        refusal.0.message.contains("gateway.max_prompt_tokens"),
+        "{}",
+        refusal.0.message
+    );
+    engine
+        .submit(GenerateRequest {
+            max_prompt_tokens: Some(1_000),
+            ..text_request("short", 1)
+        })
+        .expect("under the cap");
+    let refusal = engine
         .submit(GenerateRequest::new(Prompt::Chat(vec![Message {
             role: "wizard".into(),
             content: "hi".into(),

@@ -77,6 +77,25 @@ pub enum ApiError {
         param: Option<String>,
         retry_after_seconds: Option<u32>,
     },
+    #[error(
+        "too many failed API key checks from this address (gateway.auth_failures_per_minute); \
+         retry after {retry_after_seconds} s"
+    )]
+    AuthFailures { retry_after_seconds: u32 },
+    #[error(
+        "this API key's limit of {limit} {unit} per minute is used up; retry after \
+         {retry_after_seconds} s"
+    )]
+    RateLimited {
+        limit: u32,
+        unit: &'static str,
+        retry_after_seconds: u32,
+    },
+    #[error(
+        "this API key's monthly budget of {budget} tokens is used up ({used} used this month); \
+         it renews on the 1st (UTC)"
+    )]
+    BudgetExhausted { budget: u64, used: u64 },
     #[error("the request took longer than its deadline of {} s", .deadline.as_secs())]
     DeadlineExceeded { deadline: Duration },
     #[error("internal error")]
@@ -118,6 +137,13 @@ impl ApiError {
                 RATE_LIMIT,
                 "concurrency_limit_exceeded",
             ),
+            Self::AuthFailures { .. } => {
+                (S::TOO_MANY_REQUESTS, RATE_LIMIT, "too_many_auth_failures")
+            }
+            Self::RateLimited { .. } => (S::TOO_MANY_REQUESTS, RATE_LIMIT, "rate_limit_exceeded"),
+            Self::BudgetExhausted { .. } => {
+                (S::TOO_MANY_REQUESTS, RATE_LIMIT, "insufficient_quota")
+            }
             Self::Overloaded { .. } => (S::SERVICE_UNAVAILABLE, SERVER, "overloaded"),
             Self::NoEngine { .. } => (S::SERVICE_UNAVAILABLE, SERVER, "engine_unavailable"),
             Self::Engine { code, .. } => match code {
@@ -156,6 +182,13 @@ impl ApiError {
             }
             | Self::NoEngine {
                 retry_after_seconds,
+            }
+            | Self::AuthFailures {
+                retry_after_seconds,
+            }
+            | Self::RateLimited {
+                retry_after_seconds,
+                ..
             } => Some(*retry_after_seconds),
             Self::KeyConcurrency { .. } => Some(1),
             Self::Engine {

@@ -49,6 +49,9 @@ pub struct ValidatedGeneration {
     pub model: String,
     pub stream: bool,
     pub include_usage: bool,
+    /// The name the client used for the completion length (`max_tokens` or
+    /// `max_completion_tokens`), for messages about it.
+    pub max_tokens_param: &'static str,
     /// What the engine is sent (its `request_id` is set by the gateway).
     pub request: GenerateRequest,
 }
@@ -433,6 +436,7 @@ fn finish(
         model,
         stream,
         include_usage,
+        max_tokens_param,
         request,
     })
 }

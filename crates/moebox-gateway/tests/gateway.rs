@@ -58,6 +58,19 @@ async fn chat_completion_whole() {
     assert_eq!(sent.stop, vec!["\n\n".to_owned()]);
     assert!(!sent.request_id.is_empty());
     assert!(matches!(sent.prompt, Prompt::Chat(ref m) if m[0].content == "hi"));
+    let metrics = gateway
+        .request("GET", "/metrics", Some(&gateway.admin_key), None)
+        .await
+        .text();
+    for line in [
+        "moebox_gateway_time_to_first_token_seconds_count 1",
+        // Three text chunks: two gaps between them.
+        "moebox_gateway_inter_token_latency_seconds_count 2",
+        "moebox_gateway_request_duration_seconds_count 1",
+        "moebox_gateway_completion_tokens_total 3",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test]
@@ -722,7 +735,7 @@ async fn clients_outside_the_allowlist_are_closed_at_accept() {
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
     assert!(read.is_ok(), "the connection was not closed");
     assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
-    let metrics = gateway.gateway.metrics().render(&[]);
+    let metrics = gateway.gateway.metrics().render(&[], 0);
     assert!(
         metrics.contains("moebox_gateway_connections_refused_total 1"),
         "{metrics}"
@@ -772,4 +785,201 @@ async fn idle_connections_are_closed_but_busy_ones_are_not() {
     // Now idle: the server closes it after the timeout.
     let closed = tokio::time::timeout(Duration::from_secs(5), connection).await;
     assert!(closed.is_ok(), "the idle connection stayed open");
+}
+
+#[tokio::test]
+async fn forging_keys_slows_that_client_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |config| {
+        config.gateway.auth_failures_per_minute = 3;
+    })
+    .await;
+    let forged = "mbx_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    for _ in 0..3 {
+        let reply = gateway
+            .request("GET", "/v1/models", Some(forged), None)
+            .await;
+        assert_eq!(reply.status, 401);
+    }
+    let slowed = gateway
+        .request("GET", "/v1/models", Some(forged), None)
+        .await;
+    assert_eq!(slowed.status, 429, "{}", slowed.text());
+    assert_eq!(slowed.json()["error"]["code"], "too_many_auth_failures");
+    assert_eq!(
+        slowed.headers.get("retry-after").expect("Retry-After"),
+        "20"
+    );
+    // The same address with a good key is slowed too (it could be guessing), ...
+    let good = gateway
+        .request("GET", "/v1/models", Some(&gateway.user_key), None)
+        .await;
+    assert_eq!(good.status, 429);
+    // ... but unauthenticated routes are not, and neither is another address (127.0.0.2 is
+    // loopback too on Linux).
+    assert_eq!(
+        gateway.request("GET", "/healthz", None, None).await.status,
+        200
+    );
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("address"))
+        .expect("bind 127.0.0.2");
+    let mut stream = socket.connect(gateway.address).await.expect("connect");
+    stream
+        .write_all(
+            format!(
+                "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+                 Connection: close\r\n\r\n",
+                gateway.user_key
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("answer");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[tokio::test]
+async fn per_key_rate_limits_answer_429_with_retry_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |_| {}).await;
+    let mut limited = moebox_ledger::NewKey::new("limited", moebox_ledger::Scope::User);
+    limited.requests_per_minute = Some(2);
+    let limited = gateway
+        .ledger
+        .create_key(&limited, UnixSeconds::now())
+        .expect("key");
+    let key = limited.key.expose().to_owned();
+    for _ in 0..2 {
+        let reply = gateway
+            .request(
+                "POST",
+                "/v1/chat/completions",
+                Some(&key),
+                Some(chat_body("hi")),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let refused = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"]["code"], "rate_limit_exceeded");
+    assert!(
+        refused.text().contains("2 requests per minute"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(
+        refused.headers.get("retry-after").expect("Retry-After"),
+        "30"
+    );
+    // Another key is unaffected, and the server goes on.
+    let other = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&gateway.user_key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(other.status, 200);
+
+    let mut tokens = moebox_ledger::NewKey::new("tokens", moebox_ledger::Scope::User);
+    tokens.tokens_per_minute = Some(1);
+    let tokens = gateway
+        .ledger
+        .create_key(&tokens, UnixSeconds::now())
+        .expect("key");
+    let key = tokens.key.expose().to_owned();
+    let first = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(first.status, 200, "the first request runs on a full bucket");
+    let second = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(second.status, 429, "{}", second.text());
+    assert!(
+        second.text().contains("tokens per minute"),
+        "{}",
+        second.text()
+    );
+}
+
+#[tokio::test]
+async fn token_caps_name_their_config_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |config| {
+        config.engine.max_tokens = 64;
+        config.gateway.max_output_tokens = 64;
+        config.gateway.max_prompt_tokens = 100;
+    })
+    .await;
+    let mut body = chat_body("hi");
+    body["max_completion_tokens"] = 65.into();
+    let refused = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&gateway.user_key),
+            Some(body),
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"]["param"], "max_completion_tokens");
+    assert!(
+        refused.text().contains("gateway.max_output_tokens"),
+        "{}",
+        refused.text()
+    );
+    let mut body = chat_body("hi");
+    body["max_tokens"] = 64.into();
+    let served = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&gateway.user_key),
+            Some(body),
+        )
+        .await;
+    assert_eq!(served.status, 200);
+    let sent = engine
+        .last_request
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("request");
+    assert_eq!(
+        sent.max_prompt_tokens,
+        Some(100),
+        "the engine enforces the prompt cap"
+    );
+    assert_eq!(sent.max_tokens, Some(64));
 }
