@@ -37,6 +37,8 @@ pub enum ApiError {
         path: String,
         allowed: &'static str,
     },
+    #[error("no key with id {0} (GET /admin/keys lists them)")]
+    KeyNotFound(i64),
     #[error("the model `{0}` does not exist (GET /v1/models lists those served)")]
     ModelNotFound(String),
     #[error("request body is not valid JSON: {0}")]
@@ -124,6 +126,7 @@ impl ApiError {
                 (S::METHOD_NOT_ALLOWED, INVALID_REQUEST, "method_not_allowed")
             }
             Self::ModelNotFound(_) => (S::NOT_FOUND, INVALID_REQUEST, "model_not_found"),
+            Self::KeyNotFound(_) => (S::NOT_FOUND, NOT_FOUND, "key_not_found"),
             Self::InvalidJson(_) => (S::BAD_REQUEST, INVALID_REQUEST, "invalid_json"),
             Self::WrongType { .. } => (S::BAD_REQUEST, INVALID_REQUEST, "invalid_type"),
             Self::InvalidValue { .. } => (S::BAD_REQUEST, INVALID_REQUEST, "invalid_value"),

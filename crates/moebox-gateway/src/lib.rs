@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod admission;
 pub mod body;
 pub mod engine_client;

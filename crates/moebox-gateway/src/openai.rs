@@ -240,7 +240,7 @@ pub fn parse_completion(body: &[u8]) -> Result<ValidatedGeneration, ApiError> {
     finish(Endpoint::Completions, model, prompt, common)
 }
 
-fn deserialize<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+pub(crate) fn deserialize<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     let deserializer = &mut serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();

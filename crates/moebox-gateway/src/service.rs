@@ -24,6 +24,7 @@ use rand::{TryRngCore, rngs::OsRng};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::{
+    admin,
     admission::{AuthFailures, ClientId, KeyLimit, KeyRates, retry_after_seconds},
     body::GatewayBody,
     error::ApiError,
@@ -250,13 +251,10 @@ impl Gateway {
                     };
                     (Route::Model, result)
                 } else if path == "/admin" || path.starts_with("/admin/") {
-                    // Admin pages and APIs land with issue 5; the scope check already holds.
-                    let result = self.authenticate(&request, true).and_then(|_| {
-                        Err(ApiError::UnknownRoute {
-                            method: method.to_string(),
-                            path: path.to_owned(),
-                        })
-                    });
+                    let result = match self.authenticate(&request, true) {
+                        Err(error) => Err(error),
+                        Ok(_) => self.admin(method, path, request).await,
+                    };
                     (Route::Admin, result)
                 } else {
                     (
@@ -330,6 +328,35 @@ impl Gateway {
             return Err(ApiError::AdminRequired);
         }
         Ok(record)
+    }
+
+    /// Admin routes, for a request already authenticated with an admin key.
+    async fn admin(
+        &self,
+        method: &Method,
+        path: &str,
+        request: Request<Incoming>,
+    ) -> Result<HttpResponse, ApiError> {
+        let body = if *method == Method::POST {
+            self.read_body(request).await?
+        } else {
+            Bytes::new()
+        };
+        let ledger = Arc::clone(&self.ledger);
+        let (method, path) = (method.clone(), path.to_owned());
+        // SQLite writes wait for the disk (synchronous = FULL): off the async workers.
+        let reply = tokio::task::spawn_blocking(move || {
+            admin::keys(&ledger, &method, &path, &body).unwrap_or_else(|| {
+                Err(ApiError::UnknownRoute {
+                    method: method.to_string(),
+                    path,
+                })
+            })
+        })
+        .await
+        .map_err(|_| ApiError::Internal)??;
+        let (status, value) = reply;
+        Ok(json_response(status, &value))
     }
 
     fn readyz(&self) -> HttpResponse {

@@ -983,3 +983,123 @@ async fn token_caps_name_their_config_key() {
     );
     assert_eq!(sent.max_tokens, Some(64));
 }
+
+#[tokio::test]
+async fn admin_api_creates_lists_and_revokes_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |_| {}).await;
+    let admin = Some(gateway.admin_key.as_str());
+    let created = gateway
+        .request(
+            "POST",
+            "/admin/keys",
+            admin,
+            Some(serde_json::json!({
+                "name": "tax-bot", "team": "tax", "requests_per_minute": 30,
+                "monthly_token_budget": 1000000
+            })),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let json = created.json();
+    let key = json["key"].as_str().expect("secret shown once").to_owned();
+    assert!(key.starts_with("mbx_"));
+    assert_eq!(json["team"], "tax");
+    assert_eq!(json["scope"], "user");
+    assert_eq!(json["requests_per_minute"], 30);
+    let id = json["id"].as_i64().expect("id");
+
+    let served = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(served.status, 200);
+
+    let listed = gateway.request("GET", "/admin/keys", admin, None).await;
+    assert_eq!(listed.status, 200);
+    let text = listed.text();
+    assert!(!text.contains(&key), "a listing never holds a secret");
+    assert!(
+        listed.json()["data"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|k| k["id"] == id && k["name"] == "tax-bot")
+    );
+
+    let revoked = gateway
+        .request("DELETE", &format!("/admin/keys/{id}"), admin, None)
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    let refused = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.json()["error"]["code"], "revoked_api_key");
+
+    // Mistakes name the field; the user key cannot touch any of it.
+    for (body, param) in [
+        (serde_json::json!({"name": ""}), "name"),
+        (
+            serde_json::json!({"name": "x", "requests_per_minute": "many"}),
+            "requests_per_minute",
+        ),
+    ] {
+        let reply = gateway
+            .request("POST", "/admin/keys", admin, Some(body))
+            .await;
+        assert_eq!(reply.status, 400, "{}", reply.text());
+        assert_eq!(reply.json()["error"]["param"], param, "{}", reply.text());
+    }
+    let typo = gateway
+        .request(
+            "POST",
+            "/admin/keys",
+            admin,
+            Some(serde_json::json!({"name": "x", "rpm": 5})),
+        )
+        .await;
+    assert_eq!(
+        typo.status,
+        400,
+        "unknown fields are refused: {}",
+        typo.text()
+    );
+    assert_eq!(
+        gateway
+            .request("DELETE", "/admin/keys/999", admin, None)
+            .await
+            .status,
+        404
+    );
+    let user = Some(gateway.user_key.as_str());
+    assert_eq!(
+        gateway
+            .request("GET", "/admin/keys", user, None)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        gateway
+            .request(
+                "POST",
+                "/admin/keys",
+                user,
+                Some(serde_json::json!({"name": "me", "admin": true}))
+            )
+            .await
+            .status,
+        403
+    );
+}
