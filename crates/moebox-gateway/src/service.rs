@@ -743,11 +743,7 @@ impl SseWriter {
 
     /// One `data:` event holding `json`.
     async fn send_data(&mut self, json: &[u8]) -> bool {
-        let mut event = Vec::with_capacity(json.len() + 8);
-        event.extend_from_slice(b"data: ");
-        event.extend_from_slice(json);
-        event.extend_from_slice(b"\n\n");
-        self.send(Bytes::from(event)).await
+        self.send(crate::body::sse_event(json)).await
     }
 }
 
