@@ -205,6 +205,9 @@ pub struct Load {
     pub max_waiting: u32,
     /// Tokens the engine has generated since it started.
     pub generated_tokens_total: u64,
+    /// Prefill runs since it started (fresh prompts of equal length share one).
+    #[serde(default)]
+    pub prefill_runs_total: u64,
 }
 
 #[cfg(test)]
