@@ -810,6 +810,16 @@ impl Config {
                 return Err(invalid(key, "must be at least 1, got 0".to_owned()));
             }
         }
+        if gateway.max_output_tokens > 0 && self.engine.max_tokens > gateway.max_output_tokens {
+            return Err(invalid(
+                "engine.max_tokens",
+                format!(
+                    "the default completion length ({}) must not exceed \
+                     gateway.max_output_tokens ({})",
+                    self.engine.max_tokens, gateway.max_output_tokens
+                ),
+            ));
+        }
         if gateway.max_header_bytes < MIN_GATEWAY_MAX_HEADER_BYTES {
             return Err(invalid(
                 "gateway.max_header_bytes",
@@ -1062,8 +1072,11 @@ mod tests {
             "<test>",
         )
         .expect("asked for by name");
-        Config::from_toml_str("[gateway]\nlisten = \"[::1]:8080\"\ntls = false\n", "<test>")
-            .expect("IPv6 loopback");
+        Config::from_toml_str(
+            "[gateway]\nlisten = \"[::1]:8080\"\ntls = false\n",
+            "<test>",
+        )
+        .expect("IPv6 loopback");
     }
 
     #[test]
@@ -1089,7 +1102,11 @@ mod tests {
                 "{peer}"
             );
         }
-        assert!(Config::default().gateway.client_allowed("203.0.113.5".parse().expect("ip")));
+        assert!(
+            Config::default()
+                .gateway
+                .client_allowed("203.0.113.5".parse().expect("ip"))
+        );
         let odd = ClientNetwork::try_from("10.0.0.0/12".to_owned()).expect("valid");
         assert!(odd.contains("10.15.255.255".parse().expect("ip")));
         assert!(!odd.contains("10.16.0.0".parse().expect("ip")));
@@ -1107,7 +1124,10 @@ mod tests {
                 "[gateway]\ntls_certificate = \"cert.pem\"\n",
                 "gateway.tls_certificate",
             ),
-            ("[gateway]\nidle_timeout_seconds = 0\n", "gateway.idle_timeout_seconds"),
+            (
+                "[gateway]\nidle_timeout_seconds = 0\n",
+                "gateway.idle_timeout_seconds",
+            ),
         ] {
             let err = Config::from_toml_str(text, "<test>").expect_err(text);
             assert_eq!(err.key(), Some(key), "{text}: {err}");

@@ -69,7 +69,11 @@ fn take_socket(fd: i32) -> Result<OwnedFd, ActivationError> {
     // /proc names what the descriptor is without touching it: `socket:[inode]` for a socket.
     let target = std::fs::read_link(PathBuf::from(format!("/proc/self/fd/{fd}")))
         .map_err(|_| ActivationError::NotASocket { fd })?;
-    if !target.as_os_str().as_encoded_bytes().starts_with(b"socket:") {
+    if !target
+        .as_os_str()
+        .as_encoded_bytes()
+        .starts_with(b"socket:")
+    {
         return Err(ActivationError::NotASocket { fd });
     }
     #[allow(unsafe_code)]
@@ -90,23 +94,27 @@ mod tests {
 
     #[test]
     fn nothing_passed_is_no_descriptors() {
-        assert!(listen_fds(None, None, 7).unwrap().is_empty());
-        assert!(listen_fds(os(""), os("7"), 7).unwrap().is_empty());
+        assert!(listen_fds(None, None, 7).expect("no error").is_empty());
+        assert!(listen_fds(os(""), os("7"), 7).expect("no error").is_empty());
     }
 
     #[test]
     fn descriptors_for_another_process_are_left_alone() {
-        assert!(listen_fds(os("1"), os("8"), 7).unwrap().is_empty());
-        assert!(listen_fds(os("1"), None, 7).unwrap().is_empty());
+        assert!(
+            listen_fds(os("1"), os("8"), 7)
+                .expect("no error")
+                .is_empty()
+        );
+        assert!(listen_fds(os("1"), None, 7).expect("no error").is_empty());
     }
 
     #[test]
     fn garbled_values_are_errors_naming_the_variable() {
-        let error = listen_fds(os("many"), os("7"), 7).unwrap_err();
+        let error = listen_fds(os("many"), os("7"), 7).expect_err("an error");
         assert!(error.to_string().contains("LISTEN_FDS"), "{error}");
-        let error = listen_fds(os("1000"), os("7"), 7).unwrap_err();
+        let error = listen_fds(os("1000"), os("7"), 7).expect_err("an error");
         assert!(error.to_string().contains("at most 16"), "{error}");
-        let error = listen_fds(os("1"), os("me"), 7).unwrap_err();
+        let error = listen_fds(os("1"), os("me"), 7).expect_err("an error");
         assert!(error.to_string().contains("LISTEN_PID"), "{error}");
     }
 
@@ -115,11 +123,11 @@ mod tests {
         // Descriptor 0 of a test process is a terminal, a pipe or /dev/null, never a listening
         // socket handed over by systemd.
         assert_eq!(
-            take_socket(0).unwrap_err(),
+            take_socket(0).expect_err("refused"),
             ActivationError::NotASocket { fd: 0 }
         );
         assert_eq!(
-            take_socket(100_000).unwrap_err(),
+            take_socket(100_000).expect_err("refused"),
             ActivationError::NotASocket { fd: 100_000 }
         );
     }
