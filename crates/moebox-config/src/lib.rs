@@ -72,6 +72,24 @@ pub const DEFAULT_MIN_POWER_LIMIT_PERCENT: u32 = 90;
 
 /// `ledger.database`: the SQLite database of keys, usage and telemetry.
 pub const DEFAULT_LEDGER_DATABASE: &str = "/var/lib/moebox/moebox.sqlite";
+/// `ledger.writer_queue`: usage records waiting for the writer, at most; beyond it requests
+/// get 503 instead of memory growing (it fills only when the disk stalls).
+pub const DEFAULT_LEDGER_WRITER_QUEUE: usize = 4_096;
+/// `ledger.usage_raw_days`: per-request records kept (admins audit them); older ones live on
+/// in the hourly and daily rollups, so totals never change.
+pub const DEFAULT_LEDGER_USAGE_RAW_DAYS: u32 = 400;
+/// `ledger.usage_hourly_days`: hourly usage rollups kept (daily ones are kept for ever).
+pub const DEFAULT_LEDGER_USAGE_HOURLY_DAYS: u32 = 1_096;
+/// `ledger.telemetry_raw_days`: raw GPU samples kept.
+pub const DEFAULT_LEDGER_TELEMETRY_RAW_DAYS: u32 = 2;
+/// `ledger.telemetry_minute_days`: per-minute telemetry kept.
+pub const DEFAULT_LEDGER_TELEMETRY_MINUTE_DAYS: u32 = 30;
+/// `ledger.telemetry_hourly_days`: hourly telemetry kept (daily kept for ever).
+pub const DEFAULT_LEDGER_TELEMETRY_HOURLY_DAYS: u32 = 1_096;
+/// `ledger.compaction_interval_seconds`: how often the gateway rolls up and prunes.
+pub const DEFAULT_LEDGER_COMPACTION_INTERVAL: Duration = Duration::from_secs(3_600);
+/// Longest retention window any `ledger.*_days` key takes: a century.
+pub const MAX_LEDGER_RETENTION_DAYS: u32 = 36_525;
 
 /// `gateway.listen`: where the OpenAI API is served, unless systemd passes the listening
 /// socket (socket activation: `moebox-gateway.socket` on port 443).
@@ -315,13 +333,33 @@ impl ProvisionConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
     pub database: PathBuf,
+    pub writer_queue: usize,
+    pub usage_raw_days: u32,
+    pub usage_hourly_days: u32,
+    pub telemetry_raw_days: u32,
+    pub telemetry_minute_days: u32,
+    pub telemetry_hourly_days: u32,
+    pub compaction_interval_seconds: u64,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
         Self {
             database: PathBuf::from(DEFAULT_LEDGER_DATABASE),
+            writer_queue: DEFAULT_LEDGER_WRITER_QUEUE,
+            usage_raw_days: DEFAULT_LEDGER_USAGE_RAW_DAYS,
+            usage_hourly_days: DEFAULT_LEDGER_USAGE_HOURLY_DAYS,
+            telemetry_raw_days: DEFAULT_LEDGER_TELEMETRY_RAW_DAYS,
+            telemetry_minute_days: DEFAULT_LEDGER_TELEMETRY_MINUTE_DAYS,
+            telemetry_hourly_days: DEFAULT_LEDGER_TELEMETRY_HOURLY_DAYS,
+            compaction_interval_seconds: DEFAULT_LEDGER_COMPACTION_INTERVAL.as_secs(),
         }
+    }
+}
+
+impl LedgerConfig {
+    pub fn compaction_interval(&self) -> Duration {
+        Duration::from_secs(self.compaction_interval_seconds)
     }
 }
 
@@ -664,12 +702,58 @@ impl Config {
     }
 
     fn validate_ledger(&self, origin: &str) -> Result<(), ConfigError> {
-        if self.ledger.database.as_os_str().is_empty() {
-            return Err(ConfigError::Invalid {
-                origin: origin.to_owned(),
-                key: "ledger.database".to_owned(),
-                message: "must be a path to the SQLite database".to_owned(),
-            });
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let ledger = &self.ledger;
+        if ledger.database.as_os_str().is_empty() {
+            return Err(invalid(
+                "ledger.database",
+                "must be a path to the SQLite database".to_owned(),
+            ));
+        }
+        if ledger.writer_queue == 0 || ledger.writer_queue > 1 << 20 {
+            return Err(invalid(
+                "ledger.writer_queue",
+                format!("must be 1 to {}, got {}", 1 << 20, ledger.writer_queue),
+            ));
+        }
+        if ledger.compaction_interval_seconds == 0 {
+            return Err(invalid(
+                "ledger.compaction_interval_seconds",
+                "must be at least 1, got 0".to_owned(),
+            ));
+        }
+        let windows = [
+            ("ledger.usage_raw_days", ledger.usage_raw_days),
+            ("ledger.usage_hourly_days", ledger.usage_hourly_days),
+            ("ledger.telemetry_raw_days", ledger.telemetry_raw_days),
+            ("ledger.telemetry_minute_days", ledger.telemetry_minute_days),
+            ("ledger.telemetry_hourly_days", ledger.telemetry_hourly_days),
+        ];
+        for (key, days) in windows {
+            if !(1..=MAX_LEDGER_RETENTION_DAYS).contains(&days) {
+                return Err(invalid(
+                    key,
+                    format!("must be 1 to {MAX_LEDGER_RETENTION_DAYS} days, got {days}"),
+                ));
+            }
+        }
+        // A query falls back from fine tables to coarse ones: a finer table may not outlive
+        // the coarser one behind it.
+        for [(fine, fine_days), (coarse, coarse_days)] in [
+            [windows[0], windows[1]],
+            [windows[2], windows[3]],
+            [windows[3], windows[4]],
+        ] {
+            if fine_days > coarse_days {
+                return Err(invalid(
+                    fine,
+                    format!("must not be longer than {coarse} ({coarse_days}), got {fine_days}"),
+                ));
+            }
         }
         Ok(())
     }
