@@ -112,6 +112,34 @@ pub fn break_even(model: &CostModel, rate: &RunRate, fallback_start: Date) -> Ve
         .collect()
 }
 
+/// Shortest span of the cumulative chart, in months.
+pub const MIN_CHART_MONTHS: u32 = 12;
+/// Months shown past the latest break-even, so the crossing is not at the edge.
+pub const CHART_MONTHS_AFTER_BREAK_EVEN: u32 = 3;
+
+/// How many months the cumulative chart should span: from the start of the books to a few
+/// months past the latest break-even reached (or `through`, if later), within the horizon.
+pub fn chart_months(
+    model: &CostModel,
+    results: &[BreakEven],
+    fallback_start: Date,
+    through: Date,
+) -> u32 {
+    let start = start(model, fallback_start).year_month();
+    let last = results
+        .iter()
+        .filter_map(|b| b.date)
+        .chain(std::iter::once(through))
+        .max()
+        .unwrap_or(through)
+        .year_month();
+    let months = start.months_until(last).max(0) as u32 + 1 + CHART_MONTHS_AFTER_BREAK_EVEN;
+    months.clamp(
+        MIN_CHART_MONTHS,
+        model.break_even_horizon_months.max(MIN_CHART_MONTHS),
+    )
+}
+
 /// Cumulative self-hosted and alternative cost at the end of each month from the start of the
 /// books, for `months` months, at the run rate (the chart beside the break-even date).
 pub fn cumulative(

@@ -56,7 +56,7 @@ pub fn text(report: &Report) -> String {
         "  per million tokens    {:>16}",
         report
             .cost_per_million_tokens
-            .map_or_else(|| "no tokens".to_owned(), |m| m.display_price(c))
+            .map_or_else(|| "no tokens".to_owned(), |m| m.display_rate(c))
     );
     let _ = writeln!(out);
     let _ = writeln!(out, "Usage");
@@ -127,7 +127,7 @@ pub fn text(report: &Report) -> String {
             a.name,
             money(a.cost),
             a.per_million_tokens
-                .map_or_else(|| "-".to_owned(), |m| m.display_price(c)),
+                .map_or_else(|| "-".to_owned(), |m| m.display_rate(c)),
             money(a.saving)
         );
     }

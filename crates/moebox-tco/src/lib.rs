@@ -21,7 +21,7 @@ pub mod money;
 pub mod report;
 
 pub use amortisation::{ScheduleRow, schedule};
-pub use break_even::{BreakEven, CumulativePoint, RunRate, cumulative};
+pub use break_even::{BreakEven, CumulativePoint, RunRate, chart_months, cumulative};
 pub use date::{Date, DateError, YearMonth};
 pub use model::{
     Alternative, Asset, CostModel, EnergyPricing, FixedCost, Method, MethodKind, ModelError,

@@ -207,6 +207,17 @@ impl Money {
         ))
     }
 
+    /// A computed rate (cost per million tokens): to the minor unit from one major unit up,
+    /// to four decimals below it, so `$6.59` and `$0.0123` both read well.
+    pub fn display_rate(self, currency: &Currency) -> String {
+        if self.micros.unsigned_abs() >= MICROS as u64 {
+            self.display(currency)
+        } else {
+            let rounded = Self::from_micros(div_round(i128::from(self.micros), 100) as i64 * 100);
+            rounded.display_price(currency)
+        }
+    }
+
     /// A posted amount with symbol and thousands separators: `$1,200.00`, `-$3.50`.
     pub fn display(self, currency: &Currency) -> String {
         let posted = self.posted(currency);
@@ -587,6 +598,9 @@ mod tests {
         assert_eq!(Money::from_major(-28_800).display(&usd), "-$28,800.00");
         assert_eq!(Money::from_micros(123_400).display_price(&usd), "$0.1234");
         assert_eq!(Money::from_major(3).display_price(&usd), "$3.00");
+        assert_eq!(Money::from_micros(6_587_893).display_rate(&usd), "$6.59");
+        assert_eq!(Money::from_micros(12_345).display_rate(&usd), "$0.0123");
+        assert_eq!(Money::from_micros(500_000).display_rate(&usd), "$0.50");
         let chf = Currency::try_from("CHF".to_owned()).expect("valid");
         assert_eq!(
             Money::from_major(1_234_567).display(&chf),

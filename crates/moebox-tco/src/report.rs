@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::{
     amortisation::{self, ScheduleRow},
-    break_even::{self, BreakEven},
+    break_even::{self, BreakEven, RunRate},
     date::{Date, YearMonth},
     model::CostModel,
     money::{Currency, Energy, Factor, MICROS, Money, div_round},
@@ -192,6 +192,19 @@ pub struct Report {
 impl Report {
     pub fn tokens(&self) -> u64 {
         self.input_tokens.saturating_add(self.output_tokens)
+    }
+
+    /// The period's recurring costs, from which break-even and the cumulative chart project.
+    pub fn run_rate(&self) -> RunRate {
+        RunRate {
+            days: self.days,
+            operating: self.fixed + self.energy_cost,
+            alternatives: self
+                .alternatives
+                .iter()
+                .map(|a| (a.name.clone(), a.cost))
+                .collect(),
+        }
     }
 
     /// Share of the period's hours with traffic, in basis points.
@@ -404,7 +417,7 @@ pub fn report(
 
     let (chargeback, unallocated) = chargeback(&measurements.teams, total, currency)?;
 
-    let run_rate = break_even::RunRate {
+    let run_rate = RunRate {
         days,
         operating: fixed + energy_cost,
         alternatives: alternatives
