@@ -971,6 +971,25 @@ output_per_million = 10
         );
     }
 
+    /// The README's commented `[tco]` example, uncommented, is a valid config.
+    #[test]
+    fn readme_tco_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("# [tco]\n")
+            .expect("README has the [tco] example");
+        let example: String = readme[start..]
+            .lines()
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| line.strip_prefix("# ").unwrap_or("").to_owned() + "\n")
+            .collect();
+        let config = Config::from_toml_str(&example, "README.md").expect("example is valid");
+        assert_eq!(config.tco.fixed_costs.len(), 2, "{example}");
+        assert_eq!(config.tco.energy.tariff_bands.len(), 1);
+        assert_eq!(config.tco.alternatives.len(), 2);
+        assert_eq!(config.tco.assets[0].amortisation_months, 24);
+    }
+
     #[test]
     fn tco_mistakes_are_named_with_their_path() {
         let asset = "[[tco.assets]]\nname = \"gpu\"\npurchase_price = 1000\npurchase_date = \"2026-01-01\"\n";

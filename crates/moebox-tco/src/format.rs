@@ -2,7 +2,7 @@
 //!
 //! All three carry the same figures. JSON is the [`Report`] as serde writes it (amounts as
 //! decimal numbers of the major unit, dates `YYYY-MM-DD`). CSV is one figure per row,
-//! `section,item,value,unit`, with RFC 4180 quoting; a cell a spreadsheet would run as a
+//! `section,item,value,unit` (the report's notes first, as `note` rows), with RFC 4180 quoting; a cell a spreadsheet would run as a
 //! formula (starting `=`, `+`, `-`, `@`, tab or CR) is prefixed with `'`, since team and key
 //! names come from users.
 
@@ -46,10 +46,10 @@ pub fn text(report: &Report) -> String {
     let _ = writeln!(out, "  total                 {:>16}", money(report.total));
     let _ = writeln!(
         out,
-        "  idle (hours without requests: {} of {})  {}",
+        "  of which idle         {:>16}  ({} of {} hours without a request)",
+        money(report.idle_cost),
         report.idle_hours,
-        report.hours,
-        money(report.idle_cost)
+        report.hours
     );
     let _ = writeln!(
         out,
@@ -195,6 +195,9 @@ pub fn csv(report: &Report) -> String {
     };
     let amount = |m: Money| m.plain(c);
     let kwh = |e: Energy| e.kwh_plain();
+    for note in &report.notes {
+        row("note", "", note.clone(), "");
+    }
     row("period", "from", report.from.to_string(), "date");
     row("period", "to", report.to.to_string(), "date");
     row("period", "days", report.days.to_string(), "days");
