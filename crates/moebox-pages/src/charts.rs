@@ -214,7 +214,7 @@ pub fn stacked_bars(caption: &str, x_labels: &[String], stacks: &[Series], unit:
         })
         .collect();
     let max = totals.iter().copied().fold(0.0, f64::max);
-    if points == 0 || stacks.is_empty() {
+    if points == 0 || stacks.is_empty() || max <= 0.0 {
         return empty(caption, "No data for this period yet.");
     }
     let top = nice_max(max);

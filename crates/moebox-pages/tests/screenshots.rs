@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use moebox_pages::{GpusPage, OverviewPage, SchedulePage, escape};
+use moebox_pages::{
+    ExportLink, GpusPage, LoginPage, OverviewPage, SchedulePage, TeamUsage, UsagePage, escape,
+};
 use support::{HOSTILE, d, example};
 
 /// One Chromium run; it starts in about a second, so this only catches a hang.
@@ -19,6 +21,7 @@ const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(90);
 /// Desktop and phone viewports (CSS pixels).
 const DESKTOP: (u32, u32) = (1280, 2400);
 const PHONE: (u32, u32) = (390, 3600);
+const PHONE_SHORT: (u32, u32) = (390, 844);
 
 fn output_dir() -> PathBuf {
     // CARGO_TARGET_TMPDIR is `<target dir>/tmp`, so this follows CARGO_TARGET_DIR.
@@ -90,7 +93,8 @@ fn run_chromium(page: &Path, args: &[String]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn screenshot(page: &Path, png: &Path, (width, height): (u32, u32)) {
+/// Takes a screenshot; `min_bytes` catches a blank page (a white PNG compresses to a few KB).
+fn screenshot(page: &Path, png: &Path, (width, height): (u32, u32), min_bytes: usize) {
     let _ = std::fs::remove_file(png);
     run_chromium(
         page,
@@ -106,7 +110,7 @@ fn screenshot(page: &Path, png: &Path, (width, height): (u32, u32)) {
         png.display()
     );
     assert!(
-        bytes.len() > 20_000,
+        bytes.len() > min_bytes,
         "{} is nearly empty ({} bytes)",
         png.display(),
         bytes.len()
@@ -161,6 +165,44 @@ fn overview_and_schedule_in_headless_chromium() {
         }),
     );
 
+    let teams: Vec<TeamUsage> = report
+        .chargeback
+        .iter()
+        .map(|charge| TeamUsage {
+            team: charge.team.clone(),
+            requests: 0,
+            input_tokens: charge.input_tokens,
+            output_tokens: charge.output_tokens,
+            charge: Some(charge.amount),
+        })
+        .collect();
+    let usage_page = write(
+        &dir,
+        "usage.html",
+        &moebox_pages::usage(&UsagePage {
+            currency,
+            from: report.from,
+            to: report.to,
+            teams: &teams,
+            keys: &[],
+            exports: &[ExportLink {
+                label: "CSV".to_owned(),
+                href: "/admin/usage.csv".to_owned(),
+            }],
+            generated_at: "2026-04-01 00:05 UTC",
+        }),
+    );
+    let login_page = write(
+        &dir,
+        "login.html",
+        &moebox_pages::login(&LoginPage {
+            action: moebox_pages::PATH_LOGIN,
+            csrf_token: "0123456789abcdef",
+            csrf_field: "csrf",
+            error: None,
+        }),
+    );
+
     // The DOM as Chromium parsed it: the figures are there, as text.
     let dom = dump_dom(&overview);
     let amortisation = &dom[dom.find("id=\"amortisation-per-month\"").expect("card")..];
@@ -201,12 +243,27 @@ fn overview_and_schedule_in_headless_chromium() {
     assert!(dom.contains("<td>Jan 2026</td><td class=\"num\">$28,800.00</td><td class=\"num\">$1,200.00</td><td class=\"num\">$27,600.00</td>"));
     assert!(dom.contains("<td>Dec 2027</td><td class=\"num\">$1,200.00</td><td class=\"num\">$1,200.00</td><td class=\"num\">$0.00</td>"));
 
+    let dom = dump_dom(&usage_page);
+    let total = report.total.display(currency);
+    assert!(
+        dom.contains(&format!("<td class=\"num\">{total}</td></tr></tbody>")),
+        "charges add up to {total}"
+    );
+
+    let dom = dump_dom(&login_page);
+    assert!(
+        dom.contains("name=\"csrf\" value=\"0123456789abcdef\""),
+        "{dom}"
+    );
+
     let dom = dump_dom(&gpus_page);
     assert!(dom.contains("NVIDIA A100-SXM4-80GB") && dom.contains("282 / 400 W"));
 
-    screenshot(&overview, &dir.join("overview.png"), DESKTOP);
-    screenshot(&overview, &dir.join("overview-phone.png"), PHONE);
-    screenshot(&schedule, &dir.join("schedule.png"), DESKTOP);
-    screenshot(&gpus_page, &dir.join("gpus.png"), (1280, 1200));
+    screenshot(&overview, &dir.join("overview.png"), DESKTOP, 20_000);
+    screenshot(&overview, &dir.join("overview-phone.png"), PHONE, 20_000);
+    screenshot(&schedule, &dir.join("schedule.png"), DESKTOP, 20_000);
+    screenshot(&gpus_page, &dir.join("gpus.png"), (1280, 1200), 20_000);
+    screenshot(&usage_page, &dir.join("usage.png"), (1280, 900), 20_000);
+    screenshot(&login_page, &dir.join("login.png"), PHONE_SHORT, 6_000);
     println!("screenshots in {}", dir.display());
 }

@@ -3,8 +3,8 @@
 //! All three carry the same figures. JSON is the [`Report`] as serde writes it (amounts as
 //! decimal numbers of the major unit, dates `YYYY-MM-DD`). CSV is one figure per row,
 //! `section,item,value,unit` (the report's notes first, as `note` rows), with RFC 4180 quoting; a cell a spreadsheet would run as a
-//! formula (starting `=`, `+`, `-`, `@`, tab or CR) is prefixed with `'`, since team and key
-//! names come from users.
+//! formula (starting `=`, `+`, `-`, `@`, tab or CR, other than a negative number) is prefixed
+//! with `'`, since team and key names come from users.
 
 use std::fmt::Write as _;
 
@@ -173,7 +173,11 @@ pub fn json(report: &Report) -> String {
 
 /// One CSV cell: quoted when needed, formula-looking text defused.
 pub fn csv_cell(text: &str) -> String {
-    let defused = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+    // A negative amount is data, not a formula: only non-numbers are defused.
+    let negative_number = text.strip_prefix('-').is_some_and(|rest| {
+        !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+    });
+    let defused = if !negative_number && text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{text}")
     } else {
         text.to_owned()

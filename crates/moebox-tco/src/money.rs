@@ -32,8 +32,8 @@ pub struct Factor {
 }
 
 /// Energy in milliwatt-hours: one hour of a 400 W GPU is 400,000 mWh, and NVML's millijoule
-/// counter converts without losing more than 3.6 J.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+/// counter converts without losing more than 3.6 J. Serialised as a number of kWh.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Energy {
     milliwatt_hours: u64,
 }
@@ -335,6 +335,12 @@ impl Energy {
             i128::from(self.milliwatt_hours) * i128::from(price_per_kwh.micros()),
             1_000_000,
         )))
+    }
+}
+
+impl Serialize for Energy {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(self.milliwatt_hours as f64 / 1_000_000.0)
     }
 }
 

@@ -351,6 +351,7 @@ fn formats_carry_the_same_figures() {
     assert_eq!(json["depreciation"], serde_json::json!(1200));
     assert_eq!(json["from"], "2026-03-01");
     assert_eq!(json["input_tokens"], 1_000_000);
+    assert_eq!(json["energy_it"], serde_json::json!(10.0), "kWh");
     let csv = format::csv(&report);
     assert!(csv.starts_with("section,item,value,unit\n"), "{csv}");
     assert!(csv.contains("\ncost,depreciation,1200.00,USD\n"), "{csv}");
@@ -364,6 +365,19 @@ fn formats_carry_the_same_figures() {
         "{csv}"
     );
     assert!(csv.contains("\nchargeback,\"tax, audit\","), "{csv}");
+    // A negative saving stays a number.
+    let saving = report.alternatives[0].saving;
+    assert!(saving < Money::ZERO, "the API is cheaper for so few tokens");
+    assert!(
+        csv.contains(&format!(
+            "\nalternative_saving,Hosted frontier API,{},USD\n",
+            saving.plain(&report.currency)
+        )),
+        "{csv}"
+    );
+    assert_eq!(format::csv_cell("-12.50"), "-12.50");
+    assert_eq!(format::csv_cell("-x"), "'-x");
+    assert_eq!(format::csv_cell("@SUM(A1)"), "'@SUM(A1)");
     let charged: Money = report.chargeback.iter().map(|c| c.amount).sum();
     assert_eq!(charged, report.total);
 }
