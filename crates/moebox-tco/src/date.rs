@@ -142,6 +142,20 @@ impl Date {
         Self::from_days_since_epoch(self.days_since_epoch().checked_add(days)?)
     }
 
+    /// The UTC day and hour (0–23) holding `seconds` since the Unix epoch: how the ledger's
+    /// hourly buckets (`UnixSeconds`) become [`crate::HourUsage`] keys. `None` before
+    /// [`MIN_YEAR`] or after [`MAX_YEAR`].
+    pub fn from_unix_seconds(seconds: i64) -> Option<(Self, u8)> {
+        let date = Self::from_days_since_epoch(seconds.div_euclid(86_400))?;
+        let hour = u8::try_from(seconds.rem_euclid(86_400) / 3_600).ok()?;
+        Some((date, hour))
+    }
+
+    /// Seconds since the Unix epoch at the start of this day, UTC.
+    pub fn unix_seconds(self) -> i64 {
+        self.days_since_epoch() * 86_400
+    }
+
     /// Days from `self` to `later` (negative when `later` is earlier).
     pub fn days_until(self, later: Self) -> i64 {
         later.days_since_epoch() - self.days_since_epoch()
@@ -330,6 +344,22 @@ mod tests {
         assert_eq!(date("2024-02-29").add_days(1), Some(date("2024-03-01")));
         assert_eq!(date("2023-02-28").add_days(1), Some(date("2023-03-01")));
         assert_eq!(date("2024-01-01").days_until(date("2025-01-01")), 366);
+    }
+
+    #[test]
+    fn unix_seconds_map_to_utc_day_and_hour() {
+        assert_eq!(Date::from_unix_seconds(0), Some((date("1970-01-01"), 0)));
+        // 2024-02-29T23:59:59Z.
+        let leap_evening = date("2024-02-29").unix_seconds() + 23 * 3_600 + 3_599;
+        assert_eq!(
+            Date::from_unix_seconds(leap_evening),
+            Some((date("2024-02-29"), 23))
+        );
+        assert_eq!(
+            Date::from_unix_seconds(leap_evening + 1),
+            Some((date("2024-03-01"), 0))
+        );
+        assert_eq!(Date::from_unix_seconds(-1), None);
     }
 
     #[test]

@@ -297,6 +297,19 @@ impl Energy {
         }
     }
 
+    /// From kilowatt-hours held as a float (the ledger sums joules as SQLite REALs): rounded
+    /// once to the milliwatt-hour at this boundary; negative or non-finite values are zero.
+    pub fn from_kwh_rounded(kwh: f64) -> Self {
+        let milliwatt_hours = (kwh * 1_000_000.0).round();
+        Self {
+            milliwatt_hours: if milliwatt_hours.is_finite() && milliwatt_hours > 0.0 {
+                milliwatt_hours as u64
+            } else {
+                0
+            },
+        }
+    }
+
     pub const fn milliwatt_hours(self) -> u64 {
         self.milliwatt_hours
     }

@@ -70,6 +70,12 @@ pub struct TeamTokens {
 }
 
 /// Everything measured for the period.
+///
+/// From the ledger: `usage_series(from, to, Step::Hour, &UsageFilter::All)` and
+/// `energy_kwh_by_hour(from, to)` give one point per UTC hour; key both by
+/// [`Date::from_unix_seconds`] of the point's start, keep the hours inside the period (the
+/// ledger's buckets may reach past its ends), and merge them into one [`HourUsage`] per hour
+/// (energy through [`Energy::from_kwh_rounded`]). `usage_by_team` gives `teams`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Measurements {
     /// At most one record per hour; hours without a record had no traffic and no energy
