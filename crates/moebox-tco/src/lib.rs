@@ -4,7 +4,7 @@
 //! [`CostModel`] (assets, fixed costs, energy prices, alternatives), the ledger gives the
 //! [`Measurements`] (tokens, requests and energy per hour, tokens per team), the caller gives
 //! the period; [`report()`] returns every figure the admin pages and `moebox tco report` show,
-//! and [`format`] writes it as text, JSON or CSV.
+//! and [`format`](mod@format) writes it as text, JSON or CSV.
 //!
 //! Money is exact: [`Money`] counts millionths of the currency unit in an integer and every
 //! figure in a report is rounded once, to the currency's minor unit, where it is made (see
