@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accounting;
 pub mod admin;
 pub mod admission;
 pub mod body;
@@ -19,6 +20,7 @@ pub mod engine_client;
 pub mod error;
 pub mod metrics;
 pub mod openai;
+pub mod pages;
 pub mod router;
 pub mod server;
 pub mod service;

@@ -511,6 +511,19 @@ impl Ledger {
         }
     }
 
+    /// The key with id `id`, revoked or not; `None` when there is none.
+    pub fn key(&self, id: i64) -> Result<Option<KeyRecord>, LedgerError> {
+        let connection = self.connection()?;
+        connection
+            .query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?1"),
+                params![id],
+                key_record,
+            )
+            .optional()
+            .map_err(sqlite("find key"))
+    }
+
     /// The key record for a presented key, if it is well formed, known and not revoked. The
     /// shape and checksum are checked before the database is touched.
     pub fn verify_key(&self, presented: &str) -> Result<KeyRecord, VerifyError> {
