@@ -197,7 +197,10 @@ mod tests {
         assert_eq!((third.total_mj, third.delta_mj), (1_500_100, 100));
         // A counter that did not move (an idle reading between two updates) adds nothing.
         let fourth = energy.observe(GPU, 2_500_100, NVML, secs(15));
-        assert_eq!((fourth.total_mj, fourth.delta_mj, fourth.event), (1_500_100, 0, None));
+        assert_eq!(
+            (fourth.total_mj, fourth.delta_mj, fourth.event),
+            (1_500_100, 0, None)
+        );
     }
 
     #[test]
@@ -217,7 +220,10 @@ mod tests {
         );
         // And it goes on from the new value.
         let next = energy.observe(GPU, 500_000, NVML, secs(15));
-        assert_eq!((next.total_mj, next.delta_mj, next.event), (1_500_000, 100_000, None));
+        assert_eq!(
+            (next.total_mj, next.delta_mj, next.event),
+            (1_500_000, 100_000, None)
+        );
     }
 
     #[test]
@@ -253,7 +259,10 @@ mod tests {
             }
         );
         let next = energy.observe("GPU-2/580.65.06", 10_001_000_000, NVML, secs(15));
-        assert_eq!((next.total_mj, next.delta_mj, next.event), (2_500_000, 1_000_000, None));
+        assert_eq!(
+            (next.total_mj, next.delta_mj, next.event),
+            (2_500_000, 1_000_000, None)
+        );
     }
 
     #[test]
@@ -296,7 +305,10 @@ mod tests {
         energy.observe(GPU, 0, NVML, secs(0));
         // Ten minutes without a sample at 400 W: 240 kJ, more than 5 s could hold, and fine.
         let late = energy.observe(GPU, 240_000_000, NVML, secs(600));
-        assert_eq!((late.total_mj, late.delta_mj, late.event), (240_000_000, 240_000_000, None));
+        assert_eq!(
+            (late.total_mj, late.delta_mj, late.event),
+            (240_000_000, 240_000_000, None)
+        );
         // The same jump within 5 s would be 48 kW: dropped.
         let jump = energy.observe(GPU, 480_000_000, NVML, secs(605));
         assert_eq!(

@@ -338,7 +338,12 @@ mod tests {
                 for _ in 0..2 {
                     // Asked again at every sample, and again just as unavailable.
                     let reading = source.read();
-                    let Reading::Unavailable { tried, kind, reason } = reading else {
+                    let Reading::Unavailable {
+                        tried,
+                        kind,
+                        reason,
+                    } = reading
+                    else {
                         panic!("{reading:?}");
                     };
                     assert_eq!(
@@ -369,12 +374,18 @@ mod tests {
             ["gpu_idle", "sw_power_cap", "hw_thermal_slowdown"]
         );
         // A bit from a newer driver keeps its place in the mask and gets a name by number.
-        assert_eq!(throttle_reasons(0x8 | 0x400).names, ["hw_slowdown", "bit_10"]);
+        assert_eq!(
+            throttle_reasons(0x8 | 0x400).names,
+            ["hw_slowdown", "bit_10"]
+        );
     }
 
     #[test]
     fn the_name_table_matches_nvml_wrapper() {
-        let table: Vec<u64> = THROTTLE_REASON_NAMES.iter().map(|(bits, _)| *bits).collect();
+        let table: Vec<u64> = THROTTLE_REASON_NAMES
+            .iter()
+            .map(|(bits, _)| *bits)
+            .collect();
         assert_eq!(table, wrapper_bits());
     }
 

@@ -183,7 +183,10 @@ mod tests {
             ]
         );
         assert_eq!(packages[0].max_energy_range_uj, 262_143_328_850);
-        assert_eq!(packages[0].energy, None, "the sampler integrates, not the source");
+        assert_eq!(
+            packages[0].energy, None,
+            "the sampler integrates, not the source"
+        );
     }
 
     #[test]
@@ -208,10 +211,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("powercap");
         let reading = RaplSource::new(&missing).read();
-        let Reading::Unavailable { tried, kind, reason } = reading else {
+        let Reading::Unavailable {
+            tried,
+            kind,
+            reason,
+        } = reading
+        else {
             panic!("{reading:?}");
         };
-        assert_eq!((tried, kind), (SourceKind::Rapl, UnavailableKind::NotSupported));
+        assert_eq!(
+            (tried, kind),
+            (SourceKind::Rapl, UnavailableKind::NotSupported)
+        );
         assert!(reason.contains(&missing.display().to_string()), "{reason}");
         assert!(reason.contains("no powercap zones"), "{reason}");
     }

@@ -105,7 +105,10 @@ impl TelemetryLog {
     fn ring(&self) -> MutexGuard<'_, SampleRing> {
         // A panic while holding the lock leaves a whole ring behind (push and since do not
         // leave it half-changed): keep serving.
-        self.shared.ring.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .ring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn push(&self, unix_ms: u64, uptime: Duration, reading: Reading) -> u64 {

@@ -254,9 +254,9 @@ mod tests {
     fn energy_of(reading: &Reading) -> Option<(u64, u64, Option<CounterEvent>)> {
         match reading {
             Reading::Nvml { gpus, .. } => gpus[0].energy.map(|e| (e.total_mj, e.delta_mj, e.event)),
-            Reading::Rapl { packages } => {
-                packages[0].energy.map(|e| (e.total_mj, e.delta_mj, e.event))
-            }
+            Reading::Rapl { packages } => packages[0]
+                .energy
+                .map(|e| (e.total_mj, e.delta_mj, e.event)),
             Reading::Unavailable { .. } => None,
         }
     }
@@ -306,7 +306,10 @@ mod tests {
             ]
         );
         // The recording is over: the last reading again.
-        assert_eq!(source.read(), nvml("580.82.07", gpu("GPU-a", Some(200_000))));
+        assert_eq!(
+            source.read(),
+            nvml("580.82.07", gpu("GPU-a", Some(200_000)))
+        );
     }
 
     #[test]
@@ -357,8 +360,8 @@ mod tests {
     fn the_thread_samples_at_its_interval_and_stops_when_asked() {
         let log = TelemetryLog::new("test", Duration::from_millis(20), 1000);
         let readings = (0..1000u64).map(|n| nvml("580.65.06", gpu("GPU-a", Some(n * 1_000))));
-        let thread = SamplerThread::start(Box::new(Recorded::new(readings)), log.clone())
-            .expect("spawn");
+        let thread =
+            SamplerThread::start(Box::new(Recorded::new(readings)), log.clone()).expect("spawn");
         let deadline = Instant::now() + Duration::from_secs(10);
         while log.since(0).latest_seq < 5 {
             assert!(Instant::now() < deadline, "no samples taken");
@@ -372,7 +375,10 @@ mod tests {
         let batch = log.since(0);
         let first = &batch.samples[0];
         assert_eq!(first.seq, 1);
-        assert_eq!(energy_of(&first.reading), Some((0, 0, Some(CounterEvent::First))));
+        assert_eq!(
+            energy_of(&first.reading),
+            Some((0, 0, Some(CounterEvent::First)))
+        );
         assert_eq!(
             energy_of(&batch.samples[1].reading),
             Some((1_000, 1_000, None))
