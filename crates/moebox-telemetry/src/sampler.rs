@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use moebox_protocol::telemetry::Reading;
+use moebox_protocol::telemetry::{Reading, SourceKind};
 
 use crate::{
     Source,
@@ -99,7 +99,7 @@ impl Source for Recorded {
             self.last = Some(next);
         }
         self.last.clone().unwrap_or_else(|| Reading::Unavailable {
-            tried: moebox_protocol::telemetry::SourceKind::Nvml,
+            tried: SourceKind::Nvml,
             kind: moebox_protocol::telemetry::UnavailableKind::Failed,
             reason: "nothing was recorded".to_owned(),
         })
@@ -192,9 +192,18 @@ fn report_changes(reading: &Reading, was_available: &mut Option<bool>) {
     }
     *was_available = Some(available);
     match reading {
-        Reading::Unavailable { reason, .. } => {
-            tracing::warn!("telemetry unavailable: {reason}");
-        }
+        // A GPU engine without NVML is a production box losing its energy figures; an engine
+        // on the CPU is development, where RAPL is often unreadable (a VM, not root).
+        Reading::Unavailable {
+            tried: SourceKind::Nvml,
+            reason,
+            ..
+        } => tracing::warn!("telemetry unavailable: {reason}"),
+        Reading::Unavailable {
+            tried: SourceKind::Rapl,
+            reason,
+            ..
+        } => tracing::info!("telemetry unavailable: {reason}"),
         Reading::Nvml {
             driver_version,
             gpus,
