@@ -333,6 +333,7 @@ mod tests {
         match open() {
             // The development machine and CI: no NVIDIA driver, so no library.
             Err(err) => {
+                eprintln!("NVML on this host: {:?}: {err}", err.failure);
                 assert_ne!(err.failure, NvmlFailure::Other, "{err}");
                 assert!(err.message.starts_with(NVML_LIBRARY), "{err}");
                 for _ in 0..2 {

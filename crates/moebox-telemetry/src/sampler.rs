@@ -284,7 +284,7 @@ mod tests {
                 },
             ),
             Reading::Unavailable {
-                tried: moebox_protocol::telemetry::SourceKind::Nvml,
+                tried: SourceKind::Nvml,
                 kind: moebox_protocol::telemetry::UnavailableKind::DriverNotLoaded,
                 reason: "driver reloading".into(),
             },
