@@ -37,6 +37,8 @@ pub enum ApiError {
         path: String,
         allowed: &'static str,
     },
+    #[error("no key with id {0} (GET /admin/keys lists them)")]
+    KeyNotFound(i64),
     #[error("the model `{0}` does not exist (GET /v1/models lists those served)")]
     ModelNotFound(String),
     #[error("request body is not valid JSON: {0}")]
@@ -77,6 +79,25 @@ pub enum ApiError {
         param: Option<String>,
         retry_after_seconds: Option<u32>,
     },
+    #[error(
+        "too many failed API key checks from this address (gateway.auth_failures_per_minute); \
+         retry after {retry_after_seconds} s"
+    )]
+    AuthFailures { retry_after_seconds: u32 },
+    #[error(
+        "this API key's limit of {limit} {unit} per minute is used up; retry after \
+         {retry_after_seconds} s"
+    )]
+    RateLimited {
+        limit: u32,
+        unit: &'static str,
+        retry_after_seconds: u32,
+    },
+    #[error(
+        "this API key's monthly budget of {budget} tokens is used up ({used} used this month); \
+         it renews on the 1st (UTC)"
+    )]
+    BudgetExhausted { budget: u64, used: u64 },
     #[error("the request took longer than its deadline of {} s", .deadline.as_secs())]
     DeadlineExceeded { deadline: Duration },
     #[error("internal error")]
@@ -105,6 +126,7 @@ impl ApiError {
                 (S::METHOD_NOT_ALLOWED, INVALID_REQUEST, "method_not_allowed")
             }
             Self::ModelNotFound(_) => (S::NOT_FOUND, INVALID_REQUEST, "model_not_found"),
+            Self::KeyNotFound(_) => (S::NOT_FOUND, NOT_FOUND, "key_not_found"),
             Self::InvalidJson(_) => (S::BAD_REQUEST, INVALID_REQUEST, "invalid_json"),
             Self::WrongType { .. } => (S::BAD_REQUEST, INVALID_REQUEST, "invalid_type"),
             Self::InvalidValue { .. } => (S::BAD_REQUEST, INVALID_REQUEST, "invalid_value"),
@@ -118,6 +140,13 @@ impl ApiError {
                 RATE_LIMIT,
                 "concurrency_limit_exceeded",
             ),
+            Self::AuthFailures { .. } => {
+                (S::TOO_MANY_REQUESTS, RATE_LIMIT, "too_many_auth_failures")
+            }
+            Self::RateLimited { .. } => (S::TOO_MANY_REQUESTS, RATE_LIMIT, "rate_limit_exceeded"),
+            Self::BudgetExhausted { .. } => {
+                (S::TOO_MANY_REQUESTS, RATE_LIMIT, "insufficient_quota")
+            }
             Self::Overloaded { .. } => (S::SERVICE_UNAVAILABLE, SERVER, "overloaded"),
             Self::NoEngine { .. } => (S::SERVICE_UNAVAILABLE, SERVER, "engine_unavailable"),
             Self::Engine { code, .. } => match code {
@@ -156,6 +185,13 @@ impl ApiError {
             }
             | Self::NoEngine {
                 retry_after_seconds,
+            }
+            | Self::AuthFailures {
+                retry_after_seconds,
+            }
+            | Self::RateLimited {
+                retry_after_seconds,
+                ..
             } => Some(*retry_after_seconds),
             Self::KeyConcurrency { .. } => Some(1),
             Self::Engine {

@@ -24,6 +24,8 @@ use rand::{TryRngCore, rngs::OsRng};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::{
+    admin,
+    admission::{AuthFailures, ClientId, KeyLimit, KeyRates, retry_after_seconds},
     body::GatewayBody,
     error::ApiError,
     metrics::Metrics,
@@ -47,6 +49,11 @@ pub struct Limits {
     pub per_key_max_concurrent: usize,
     pub max_queued_requests: usize,
     pub retry_after_seconds: u32,
+    /// 0: no cap beyond the engine's.
+    pub max_prompt_tokens: u32,
+    pub max_output_tokens: u32,
+    pub auth_failures_per_minute: u32,
+    pub auth_failure_clients: usize,
 }
 
 impl Limits {
@@ -61,9 +68,17 @@ impl Limits {
             per_key_max_concurrent: gateway.per_key_max_concurrent,
             max_queued_requests: gateway.max_queued_requests,
             retry_after_seconds: gateway.retry_after_seconds,
+            max_prompt_tokens: gateway.max_prompt_tokens,
+            max_output_tokens: gateway.max_output_tokens,
+            auth_failures_per_minute: gateway.auth_failures_per_minute,
+            auth_failure_clients: gateway.auth_failure_clients,
         }
     }
 }
+
+/// The client's address, which the listener puts in each request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
 
 /// Everything a request handler needs, shared by all connections.
 #[derive(Debug)]
@@ -74,6 +89,8 @@ pub struct Gateway {
     metrics: Metrics,
     queue: Arc<Semaphore>,
     per_key: Mutex<HashMap<i64, Arc<Semaphore>>>,
+    key_rates: KeyRates,
+    auth_failures: AuthFailures,
     /// `created` of `/v1/models` entries: when this gateway started.
     started_unix: u64,
     /// Request ids: a random per-process prefix and a counter, unique without a syscall each.
@@ -121,6 +138,8 @@ impl Gateway {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let auth_failures =
+            AuthFailures::new(limits.auth_failures_per_minute, limits.auth_failure_clients);
         Arc::new(Self {
             queue: Arc::new(Semaphore::new(limits.max_queued_requests)),
             limits,
@@ -128,6 +147,8 @@ impl Gateway {
             router,
             metrics: Metrics::default(),
             per_key: Mutex::new(HashMap::new()),
+            key_rates: KeyRates::default(),
+            auth_failures,
             started_unix,
             id_prefix: u32::from_be_bytes(prefix),
             next_id: AtomicU64::new(1),
@@ -136,6 +157,10 @@ impl Gateway {
 
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     fn request_id(&self) -> String {
@@ -226,13 +251,10 @@ impl Gateway {
                     };
                     (Route::Model, result)
                 } else if path == "/admin" || path.starts_with("/admin/") {
-                    // Admin pages and APIs land with issue 5; the scope check already holds.
-                    let result = self.authenticate(&request, true).and_then(|_| {
-                        Err(ApiError::UnknownRoute {
-                            method: method.to_string(),
-                            path: path.to_owned(),
-                        })
-                    });
+                    let result = match self.authenticate(&request, true) {
+                        Err(error) => Err(error),
+                        Ok(_) => self.admin(method, path, request).await,
+                    };
                     (Route::Admin, result)
                 } else {
                     (
@@ -248,11 +270,36 @@ impl Gateway {
     }
 
     /// The key behind `Authorization: Bearer ...`; `admin` requires the admin scope.
+    /// Failed checks of a presented key count against the client's address
+    /// (`gateway.auth_failures_per_minute`); once it has used them up its key checks answer
+    /// 429 until the bucket refills, whatever key it sends, while other clients go on.
     fn authenticate(
         &self,
         request: &Request<Incoming>,
         admin: bool,
     ) -> Result<KeyRecord, ApiError> {
+        let client = request
+            .extensions()
+            .get::<ClientAddr>()
+            .map(|ClientAddr(address)| ClientId::from(address.ip()));
+        let now = Instant::now();
+        if let Some(client) = client {
+            self.auth_failures
+                .check(client, now)
+                .map_err(|wait| ApiError::AuthFailures {
+                    retry_after_seconds: retry_after_seconds(wait),
+                })?;
+        }
+        let result = self.verify(request, admin);
+        if let (Some(client), Err(ApiError::InvalidKey(_) | ApiError::RevokedKey)) =
+            (client, &result)
+        {
+            self.auth_failures.record_failure(client, now);
+        }
+        result
+    }
+
+    fn verify(&self, request: &Request<Incoming>, admin: bool) -> Result<KeyRecord, ApiError> {
         let header = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -283,6 +330,35 @@ impl Gateway {
         Ok(record)
     }
 
+    /// Admin routes, for a request already authenticated with an admin key.
+    async fn admin(
+        &self,
+        method: &Method,
+        path: &str,
+        request: Request<Incoming>,
+    ) -> Result<HttpResponse, ApiError> {
+        let body = if *method == Method::POST {
+            self.read_body(request).await?
+        } else {
+            Bytes::new()
+        };
+        let ledger = Arc::clone(&self.ledger);
+        let (method, path) = (method.clone(), path.to_owned());
+        // SQLite writes wait for the disk (synchronous = FULL): off the async workers.
+        let reply = tokio::task::spawn_blocking(move || {
+            admin::keys(&ledger, &method, &path, &body).unwrap_or_else(|| {
+                Err(ApiError::UnknownRoute {
+                    method: method.to_string(),
+                    path,
+                })
+            })
+        })
+        .await
+        .map_err(|_| ApiError::Internal)??;
+        let (status, value) = reply;
+        Ok(json_response(status, &value))
+    }
+
     fn readyz(&self) -> HttpResponse {
         if self.router.any_ready() {
             text_response(StatusCode::OK, "ready\n")
@@ -294,7 +370,8 @@ impl Gateway {
     }
 
     fn metrics_response(&self) -> HttpResponse {
-        let text = self.metrics.render(&self.router.statuses());
+        let queued = self.limits.max_queued_requests - self.queue.available_permits();
+        let text = self.metrics.render(&self.router.statuses(), queued);
         let mut response = Response::new(GatewayBody::full(text));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -328,6 +405,43 @@ impl Gateway {
         } else {
             Err(ApiError::ModelNotFound(id.to_owned()))
         }
+    }
+
+    /// `gateway.max_output_tokens` is checked here; `gateway.max_prompt_tokens` travels to the
+    /// engine, which alone can count the prompt's tokens.
+    fn apply_token_caps(&self, validated: &mut ValidatedGeneration) -> Result<(), ApiError> {
+        let cap = self.limits.max_output_tokens;
+        if cap > 0
+            && let Some(asked) = validated.request.max_tokens
+            && asked > cap
+        {
+            return Err(ApiError::InvalidValue {
+                param: validated.max_tokens_param.to_owned(),
+                message: format!(
+                    "`{}` is {asked}, more than this server's limit of {cap} \
+                     (gateway.max_output_tokens)",
+                    validated.max_tokens_param
+                ),
+            });
+        }
+        if self.limits.max_prompt_tokens > 0 {
+            validated.request.max_prompt_tokens = Some(self.limits.max_prompt_tokens);
+        }
+        Ok(())
+    }
+
+    /// A finished generation: its tokens are counted (metrics, the key's tokens-per-minute
+    /// bucket) and audited.
+    fn finish(&self, audit: &Audit, finish_reason: FinishReason, usage: Usage) {
+        self.metrics
+            .record_tokens(usage.prompt_tokens, usage.completion_tokens);
+        self.key_rates.charge_tokens(
+            audit.key_id,
+            u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens),
+            Instant::now(),
+        );
+        self.metrics.end_to_end.observe(audit.started.elapsed());
+        audit.log_done(200, finish_reason, usage);
     }
 
     /// A key's concurrency permit; `None` when it already has its limit in flight.
@@ -374,12 +488,31 @@ impl Gateway {
         let key_permit = self.key_permit(key.id).ok_or(ApiError::KeyConcurrency {
             limit: self.limits.per_key_max_concurrent,
         })?;
+        self.key_rates
+            .admit(
+                key.id,
+                key.requests_per_minute,
+                key.tokens_per_minute,
+                Instant::now(),
+            )
+            .map_err(|(limit, wait)| {
+                let (limit, unit) = match limit {
+                    KeyLimit::RequestsPerMinute(n) => (n, "requests"),
+                    KeyLimit::TokensPerMinute(n) => (n, "tokens"),
+                };
+                ApiError::RateLimited {
+                    limit,
+                    unit,
+                    retry_after_seconds: retry_after_seconds(wait),
+                }
+            })?;
         let body = self.read_body(request).await?;
         let mut validated = match endpoint {
             Endpoint::ChatCompletions => openai::parse_chat(&body)?,
             Endpoint::Completions => openai::parse_completion(&body)?,
         };
         drop(body);
+        self.apply_token_caps(&mut validated)?;
         let models = self.router.models();
         if !models.contains(&validated.model) {
             return Err(if models.is_empty() {
@@ -447,16 +580,16 @@ impl Gateway {
         } else {
             let _permits = permits;
             let _in_flight = self.metrics.in_flight();
-            let collected = tokio::time::timeout_at(deadline, collect(&mut generation))
-                .await
-                .unwrap_or(Err(ApiError::DeadlineExceeded {
-                    deadline: self.limits.request_deadline,
-                }));
+            let mut timing = TextTiming::new(&self.metrics, started);
+            let collected =
+                tokio::time::timeout_at(deadline, collect(&mut generation, &mut timing))
+                    .await
+                    .unwrap_or(Err(ApiError::DeadlineExceeded {
+                        deadline: self.limits.request_deadline,
+                    }));
             match collected {
                 Ok((text, finish_reason, usage)) => {
-                    self.metrics
-                        .record_tokens(usage.prompt_tokens, usage.completion_tokens);
-                    audit.log_done(200, finish_reason, usage);
+                    self.finish(&audit, finish_reason, usage);
                     let mut response = Response::new(GatewayBody::full(meta.completion(
                         &text,
                         finish_reason,
@@ -501,6 +634,7 @@ impl Gateway {
             audit.log_client_gone();
             return;
         }
+        let mut timing = TextTiming::new(&self.metrics, audit.started);
         let keepalive = self.limits.sse_keepalive;
         let mut ticks =
             tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
@@ -532,6 +666,7 @@ impl Gateway {
             };
             match output {
                 Ok(Output::Text(text)) => {
+                    timing.text();
                     if !writer
                         .send_data(&meta.chunk(ChunkPiece::Text(&text), include_usage))
                         .await
@@ -544,9 +679,7 @@ impl Gateway {
                     finish_reason,
                     usage,
                 }) => {
-                    self.metrics
-                        .record_tokens(usage.prompt_tokens, usage.completion_tokens);
-                    audit.log_done(200, finish_reason, usage);
+                    self.finish(&audit, finish_reason, usage);
                     let mut sent = writer
                         .send_data(&meta.chunk(ChunkPiece::Finish(finish_reason), include_usage))
                         .await;
@@ -570,11 +703,17 @@ impl Gateway {
     }
 }
 
-async fn collect(generation: &mut Generation) -> Result<(String, FinishReason, Usage), ApiError> {
+async fn collect(
+    generation: &mut Generation,
+    timing: &mut TextTiming<'_>,
+) -> Result<(String, FinishReason, Usage), ApiError> {
     let mut text = String::new();
     loop {
         match generation.next().await? {
-            Output::Text(piece) => text.push_str(&piece),
+            Output::Text(piece) => {
+                timing.text();
+                text.push_str(&piece);
+            }
             Output::Done {
                 finish_reason,
                 usage,
@@ -604,11 +743,36 @@ impl SseWriter {
 
     /// One `data:` event holding `json`.
     async fn send_data(&mut self, json: &[u8]) -> bool {
-        let mut event = Vec::with_capacity(json.len() + 8);
-        event.extend_from_slice(b"data: ");
-        event.extend_from_slice(json);
-        event.extend_from_slice(b"\n\n");
-        self.send(Bytes::from(event)).await
+        self.send(crate::body::sse_event(json)).await
+    }
+}
+
+/// Times text chunks into the TTFT and inter-token histograms.
+struct TextTiming<'a> {
+    metrics: &'a Metrics,
+    started: Instant,
+    last: Option<Instant>,
+}
+
+impl<'a> TextTiming<'a> {
+    fn new(metrics: &'a Metrics, started: Instant) -> Self {
+        Self {
+            metrics,
+            started,
+            last: None,
+        }
+    }
+
+    fn text(&mut self) {
+        let now = Instant::now();
+        match self.last {
+            None => self
+                .metrics
+                .time_to_first_token
+                .observe(now.duration_since(self.started)),
+            Some(last) => self.metrics.inter_token.observe(now.duration_since(last)),
+        }
+        self.last = Some(now);
     }
 }
 

@@ -58,6 +58,19 @@ async fn chat_completion_whole() {
     assert_eq!(sent.stop, vec!["\n\n".to_owned()]);
     assert!(!sent.request_id.is_empty());
     assert!(matches!(sent.prompt, Prompt::Chat(ref m) if m[0].content == "hi"));
+    let metrics = gateway
+        .request("GET", "/metrics", Some(&gateway.admin_key), None)
+        .await
+        .text();
+    for line in [
+        "moebox_gateway_time_to_first_token_seconds_count 1",
+        // Three text chunks: two gaps between them.
+        "moebox_gateway_inter_token_latency_seconds_count 2",
+        "moebox_gateway_request_duration_seconds_count 1",
+        "moebox_gateway_completion_tokens_total 3",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test]
@@ -701,4 +714,392 @@ async fn quiet_streams_get_keepalive_comments_and_deadlines_cut_generations() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("the engine never saw the cut streams close");
+}
+
+#[tokio::test]
+async fn clients_outside_the_allowlist_are_closed_at_accept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |config| {
+        config.gateway.allowed_clients =
+            vec![moebox_config::ClientNetwork::try_from("10.0.0.0/8".to_owned()).expect("network")];
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(gateway.address)
+        .await
+        .expect("connect");
+    let _ = stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    let metrics = gateway.gateway.metrics().render(&[], 0);
+    assert!(
+        metrics.contains("moebox_gateway_connections_refused_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_but_busy_ones_are_not() {
+    use http_body_util::{BodyExt, Full};
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Tokens 600 ms apart: a stream quieter than the idle timeout between chunks, and longer
+    // than it in all.
+    let engine = FakeEngine::start(dir.path(), "e0", Behaviour::Tokens(vec!["a", "b", "c"])).await;
+    *engine.token_delay.lock().expect("lock") = Duration::from_millis(600);
+    let gateway = TestGateway::start(&[&engine], |config| {
+        config.gateway.idle_timeout_seconds = 1;
+        config.gateway.sse_keepalive_seconds = 60;
+    })
+    .await;
+    let stream = tokio::net::TcpStream::connect(gateway.address)
+        .await
+        .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    let connection = tokio::spawn(connection);
+    let mut body = chat_body("hi");
+    body["stream"] = true.into();
+    let request = hyper::Request::post("/v1/chat/completions")
+        .header("host", "x")
+        .header("authorization", format!("Bearer {}", gateway.user_key))
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let text = response
+        .into_body()
+        .collect()
+        .await
+        .expect("whole stream")
+        .to_bytes();
+    assert!(
+        String::from_utf8_lossy(&text).ends_with("data: [DONE]\n\n"),
+        "the busy connection was cut: {}",
+        String::from_utf8_lossy(&text)
+    );
+    // Now idle: the server closes it after the timeout.
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(closed.is_ok(), "the idle connection stayed open");
+}
+
+#[tokio::test]
+async fn forging_keys_slows_that_client_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |config| {
+        config.gateway.auth_failures_per_minute = 3;
+    })
+    .await;
+    let forged = "mbx_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    for _ in 0..3 {
+        let reply = gateway
+            .request("GET", "/v1/models", Some(forged), None)
+            .await;
+        assert_eq!(reply.status, 401);
+    }
+    let slowed = gateway
+        .request("GET", "/v1/models", Some(forged), None)
+        .await;
+    assert_eq!(slowed.status, 429, "{}", slowed.text());
+    assert_eq!(slowed.json()["error"]["code"], "too_many_auth_failures");
+    assert_eq!(
+        slowed.headers.get("retry-after").expect("Retry-After"),
+        "20"
+    );
+    // The same address with a good key is slowed too (it could be guessing), ...
+    let good = gateway
+        .request("GET", "/v1/models", Some(&gateway.user_key), None)
+        .await;
+    assert_eq!(good.status, 429);
+    // ... but unauthenticated routes are not, and neither is another address (127.0.0.2 is
+    // loopback too on Linux).
+    assert_eq!(
+        gateway.request("GET", "/healthz", None, None).await.status,
+        200
+    );
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("address"))
+        .expect("bind 127.0.0.2");
+    let mut stream = socket.connect(gateway.address).await.expect("connect");
+    stream
+        .write_all(
+            format!(
+                "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+                 Connection: close\r\n\r\n",
+                gateway.user_key
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("answer");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[tokio::test]
+async fn per_key_rate_limits_answer_429_with_retry_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |_| {}).await;
+    let mut limited = moebox_ledger::NewKey::new("limited", moebox_ledger::Scope::User);
+    limited.requests_per_minute = Some(2);
+    let limited = gateway
+        .ledger
+        .create_key(&limited, UnixSeconds::now())
+        .expect("key");
+    let key = limited.key.expose().to_owned();
+    for _ in 0..2 {
+        let reply = gateway
+            .request(
+                "POST",
+                "/v1/chat/completions",
+                Some(&key),
+                Some(chat_body("hi")),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let refused = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"]["code"], "rate_limit_exceeded");
+    assert!(
+        refused.text().contains("2 requests per minute"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(
+        refused.headers.get("retry-after").expect("Retry-After"),
+        "30"
+    );
+    // Another key is unaffected, and the server goes on.
+    let other = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&gateway.user_key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(other.status, 200);
+
+    let mut tokens = moebox_ledger::NewKey::new("tokens", moebox_ledger::Scope::User);
+    tokens.tokens_per_minute = Some(1);
+    let tokens = gateway
+        .ledger
+        .create_key(&tokens, UnixSeconds::now())
+        .expect("key");
+    let key = tokens.key.expose().to_owned();
+    let first = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(first.status, 200, "the first request runs on a full bucket");
+    let second = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(second.status, 429, "{}", second.text());
+    assert!(
+        second.text().contains("tokens per minute"),
+        "{}",
+        second.text()
+    );
+}
+
+#[tokio::test]
+async fn token_caps_name_their_config_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |config| {
+        config.engine.max_tokens = 64;
+        config.gateway.max_output_tokens = 64;
+        config.gateway.max_prompt_tokens = 100;
+    })
+    .await;
+    let mut body = chat_body("hi");
+    body["max_completion_tokens"] = 65.into();
+    let refused = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&gateway.user_key),
+            Some(body),
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"]["param"], "max_completion_tokens");
+    assert!(
+        refused.text().contains("gateway.max_output_tokens"),
+        "{}",
+        refused.text()
+    );
+    let mut body = chat_body("hi");
+    body["max_tokens"] = 64.into();
+    let served = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&gateway.user_key),
+            Some(body),
+        )
+        .await;
+    assert_eq!(served.status, 200);
+    let sent = engine
+        .last_request
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("request");
+    assert_eq!(
+        sent.max_prompt_tokens,
+        Some(100),
+        "the engine enforces the prompt cap"
+    );
+    assert_eq!(sent.max_tokens, Some(64));
+}
+
+#[tokio::test]
+async fn admin_api_creates_lists_and_revokes_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |_| {}).await;
+    let admin = Some(gateway.admin_key.as_str());
+    let created = gateway
+        .request(
+            "POST",
+            "/admin/keys",
+            admin,
+            Some(serde_json::json!({
+                "name": "tax-bot", "team": "tax", "requests_per_minute": 30,
+                "monthly_token_budget": 1000000
+            })),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let json = created.json();
+    let key = json["key"].as_str().expect("secret shown once").to_owned();
+    assert!(key.starts_with("mbx_"));
+    assert_eq!(json["team"], "tax");
+    assert_eq!(json["scope"], "user");
+    assert_eq!(json["requests_per_minute"], 30);
+    let id = json["id"].as_i64().expect("id");
+
+    let served = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(served.status, 200);
+
+    let listed = gateway.request("GET", "/admin/keys", admin, None).await;
+    assert_eq!(listed.status, 200);
+    let text = listed.text();
+    assert!(!text.contains(&key), "a listing never holds a secret");
+    assert!(
+        listed.json()["data"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|k| k["id"] == id && k["name"] == "tax-bot")
+    );
+
+    let revoked = gateway
+        .request("DELETE", &format!("/admin/keys/{id}"), admin, None)
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    let refused = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.json()["error"]["code"], "revoked_api_key");
+
+    // Mistakes name the field; the user key cannot touch any of it.
+    for (body, param) in [
+        (serde_json::json!({"name": ""}), "name"),
+        (
+            serde_json::json!({"name": "x", "requests_per_minute": "many"}),
+            "requests_per_minute",
+        ),
+    ] {
+        let reply = gateway
+            .request("POST", "/admin/keys", admin, Some(body))
+            .await;
+        assert_eq!(reply.status, 400, "{}", reply.text());
+        assert_eq!(reply.json()["error"]["param"], param, "{}", reply.text());
+    }
+    let typo = gateway
+        .request(
+            "POST",
+            "/admin/keys",
+            admin,
+            Some(serde_json::json!({"name": "x", "rpm": 5})),
+        )
+        .await;
+    assert_eq!(
+        typo.status,
+        400,
+        "unknown fields are refused: {}",
+        typo.text()
+    );
+    assert_eq!(
+        gateway
+            .request("DELETE", "/admin/keys/999", admin, None)
+            .await
+            .status,
+        404
+    );
+    let user = Some(gateway.user_key.as_str());
+    assert_eq!(
+        gateway
+            .request("GET", "/admin/keys", user, None)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        gateway
+            .request(
+                "POST",
+                "/admin/keys",
+                user,
+                Some(serde_json::json!({"name": "me", "admin": true}))
+            )
+            .await
+            .status,
+        403
+    );
 }

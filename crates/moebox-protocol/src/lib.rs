@@ -57,6 +57,10 @@ pub struct GenerateRequest {
     /// Completion length; `None`: the engine's `max_tokens`, cut to what the context leaves.
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// The gateway's cap on the prompt's length in tokens (`gateway.max_prompt_tokens`), which
+    /// only the engine can count; a longer prompt is refused naming it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prompt_tokens: Option<u32>,
     #[serde(default)]
     pub temperature: Option<f32>,
     #[serde(default)]
@@ -81,6 +85,7 @@ impl GenerateRequest {
             request_id: String::new(),
             prompt,
             max_tokens: None,
+            max_prompt_tokens: None,
             temperature: None,
             top_p: None,
             top_k: None,
@@ -204,6 +209,9 @@ pub struct Load {
     pub max_waiting: u32,
     /// Tokens the engine has generated since it started.
     pub generated_tokens_total: u64,
+    /// Prefill runs since it started (fresh prompts of equal length share one).
+    #[serde(default)]
+    pub prefill_runs_total: u64,
 }
 
 #[cfg(test)]
