@@ -83,6 +83,24 @@ pub const DEFAULT_MIN_POWER_LIMIT_PERCENT: u32 = 90;
 
 /// `ledger.database`: the SQLite database of keys, usage and telemetry.
 pub const DEFAULT_LEDGER_DATABASE: &str = "/var/lib/moebox/moebox.sqlite";
+/// `ledger.writer_queue`: usage records waiting for the writer, at most; beyond it requests
+/// get 503 instead of memory growing (it fills only when the disk stalls).
+pub const DEFAULT_LEDGER_WRITER_QUEUE: usize = 4_096;
+/// `ledger.usage_raw_days`: per-request records kept (admins audit them); older ones live on
+/// in the hourly and daily rollups, so totals never change.
+pub const DEFAULT_LEDGER_USAGE_RAW_DAYS: u32 = 400;
+/// `ledger.usage_hourly_days`: hourly usage rollups kept (daily ones are kept for ever).
+pub const DEFAULT_LEDGER_USAGE_HOURLY_DAYS: u32 = 1_096;
+/// `ledger.telemetry_raw_days`: raw GPU samples kept.
+pub const DEFAULT_LEDGER_TELEMETRY_RAW_DAYS: u32 = 2;
+/// `ledger.telemetry_minute_days`: per-minute telemetry kept.
+pub const DEFAULT_LEDGER_TELEMETRY_MINUTE_DAYS: u32 = 30;
+/// `ledger.telemetry_hourly_days`: hourly telemetry kept (daily kept for ever).
+pub const DEFAULT_LEDGER_TELEMETRY_HOURLY_DAYS: u32 = 1_096;
+/// `ledger.compaction_interval_seconds`: how often the gateway rolls up and prunes.
+pub const DEFAULT_LEDGER_COMPACTION_INTERVAL: Duration = Duration::from_secs(3_600);
+/// Longest retention window any `ledger.*_days` key takes: a century.
+pub const MAX_LEDGER_RETENTION_DAYS: u32 = 36_525;
 
 /// `gateway.listen`: where the OpenAI API is served, unless systemd passes the listening
 /// socket (socket activation: `moebox-gateway.socket` on port 443).
@@ -169,6 +187,9 @@ pub struct Config {
     pub provision: ProvisionConfig,
     pub ledger: LedgerConfig,
     pub gateway: GatewayConfig,
+    /// `[tco]`: the cost model's prices and assets. Its types live in `moebox-tco`, which
+    /// holds their named defaults (`moebox_tco::model::DEFAULT_*`) and their validation.
+    pub tco: moebox_tco::CostModel,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -333,13 +354,33 @@ impl ProvisionConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
     pub database: PathBuf,
+    pub writer_queue: usize,
+    pub usage_raw_days: u32,
+    pub usage_hourly_days: u32,
+    pub telemetry_raw_days: u32,
+    pub telemetry_minute_days: u32,
+    pub telemetry_hourly_days: u32,
+    pub compaction_interval_seconds: u64,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
         Self {
             database: PathBuf::from(DEFAULT_LEDGER_DATABASE),
+            writer_queue: DEFAULT_LEDGER_WRITER_QUEUE,
+            usage_raw_days: DEFAULT_LEDGER_USAGE_RAW_DAYS,
+            usage_hourly_days: DEFAULT_LEDGER_USAGE_HOURLY_DAYS,
+            telemetry_raw_days: DEFAULT_LEDGER_TELEMETRY_RAW_DAYS,
+            telemetry_minute_days: DEFAULT_LEDGER_TELEMETRY_MINUTE_DAYS,
+            telemetry_hourly_days: DEFAULT_LEDGER_TELEMETRY_HOURLY_DAYS,
+            compaction_interval_seconds: DEFAULT_LEDGER_COMPACTION_INTERVAL.as_secs(),
         }
+    }
+}
+
+impl LedgerConfig {
+    pub fn compaction_interval(&self) -> Duration {
+        Duration::from_secs(self.compaction_interval_seconds)
     }
 }
 
@@ -690,16 +731,67 @@ impl Config {
         }
         self.validate_provision(origin)?;
         self.validate_ledger(origin)?;
-        self.validate_gateway(origin)
+        self.validate_gateway(origin)?;
+        self.tco.validate().map_err(|e| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: format!("tco.{}", e.path),
+            message: e.message,
+        })
     }
 
     fn validate_ledger(&self, origin: &str) -> Result<(), ConfigError> {
-        if self.ledger.database.as_os_str().is_empty() {
-            return Err(ConfigError::Invalid {
-                origin: origin.to_owned(),
-                key: "ledger.database".to_owned(),
-                message: "must be a path to the SQLite database".to_owned(),
-            });
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let ledger = &self.ledger;
+        if ledger.database.as_os_str().is_empty() {
+            return Err(invalid(
+                "ledger.database",
+                "must be a path to the SQLite database".to_owned(),
+            ));
+        }
+        if ledger.writer_queue == 0 || ledger.writer_queue > 1 << 20 {
+            return Err(invalid(
+                "ledger.writer_queue",
+                format!("must be 1 to {}, got {}", 1 << 20, ledger.writer_queue),
+            ));
+        }
+        if ledger.compaction_interval_seconds == 0 {
+            return Err(invalid(
+                "ledger.compaction_interval_seconds",
+                "must be at least 1, got 0".to_owned(),
+            ));
+        }
+        let windows = [
+            ("ledger.usage_raw_days", ledger.usage_raw_days),
+            ("ledger.usage_hourly_days", ledger.usage_hourly_days),
+            ("ledger.telemetry_raw_days", ledger.telemetry_raw_days),
+            ("ledger.telemetry_minute_days", ledger.telemetry_minute_days),
+            ("ledger.telemetry_hourly_days", ledger.telemetry_hourly_days),
+        ];
+        for (key, days) in windows {
+            if !(1..=MAX_LEDGER_RETENTION_DAYS).contains(&days) {
+                return Err(invalid(
+                    key,
+                    format!("must be 1 to {MAX_LEDGER_RETENTION_DAYS} days, got {days}"),
+                ));
+            }
+        }
+        // A query falls back from fine tables to coarse ones: a finer table may not outlive
+        // the coarser one behind it.
+        for [(fine, fine_days), (coarse, coarse_days)] in [
+            [windows[0], windows[1]],
+            [windows[2], windows[3]],
+            [windows[3], windows[4]],
+        ] {
+            if fine_days > coarse_days {
+                return Err(invalid(
+                    fine,
+                    format!("must not be longer than {coarse} ({coarse_days}), got {fine_days}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -1236,6 +1328,143 @@ mod tests {
         ] {
             let err = Config::from_toml_str(text, "<test>").expect_err(text);
             assert_eq!(err.key(), Some(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn tco_defaults_are_the_appliance_pair_of_a100s() {
+        let config = Config::from_toml_str("", "<test>").expect("empty config is valid");
+        let asset = &config.tco.assets[0];
+        assert_eq!(
+            asset.purchase_price,
+            moebox_tco::model::DEFAULT_ASSET_PURCHASE_PRICE
+        );
+        assert_eq!(
+            asset.amortisation_months,
+            moebox_tco::model::DEFAULT_AMORTISATION_MONTHS
+        );
+        assert_eq!(asset.method(), moebox_tco::Method::StraightLine);
+        assert_eq!(config.tco.currency.code(), "USD");
+        assert_eq!(config.tco.alternatives.len(), 2);
+    }
+
+    #[test]
+    fn tco_section_parses_native_dates_and_decimals() {
+        let config = Config::from_toml_str(
+            r#"
+[tco]
+currency = "EUR"
+
+[[tco.assets]]
+name = "GPU server"
+purchase_price = 31500.50
+purchase_date = 2024-02-29
+amortisation_months = 36
+residual_value = "1500"
+method = "declining_balance"
+declining_factor = 1.5
+
+[[tco.fixed_costs]]
+name = "Rack space"
+monthly = 250
+
+[tco.energy]
+price_per_kwh = 0.2315
+pue = 1.4
+
+[[tco.energy.tariff_bands]]
+name = "night"
+from_hour = 22
+to_hour = 6
+price_per_kwh = 0.12
+
+[[tco.alternatives]]
+name = "Hosted API"
+input_per_million = 2.5
+output_per_million = 10
+"#,
+            "<test>",
+        )
+        .expect("valid");
+        let asset = &config.tco.assets[0];
+        assert_eq!(asset.purchase_date.to_string(), "2024-02-29");
+        assert_eq!(asset.purchase_price.micros(), 31_500_500_000);
+        assert_eq!(config.tco.energy.price_per_kwh.micros(), 231_500);
+        assert_eq!(config.tco.energy.price_at(23).micros(), 120_000);
+        assert_eq!(config.tco.alternatives.len(), 1);
+        let text = config.to_toml_string();
+        assert_eq!(
+            Config::from_toml_str(&text, "<roundtrip>").expect("parses"),
+            config
+        );
+    }
+
+    /// The README's commented `[tco]` example, uncommented, is a valid config.
+    #[test]
+    fn readme_tco_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("# [tco]\n")
+            .expect("README has the [tco] example");
+        let example: String = readme[start..]
+            .lines()
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| line.strip_prefix("# ").unwrap_or("").to_owned() + "\n")
+            .collect();
+        let config = Config::from_toml_str(&example, "README.md").expect("example is valid");
+        assert_eq!(config.tco.fixed_costs.len(), 2, "{example}");
+        assert_eq!(config.tco.energy.tariff_bands.len(), 1);
+        assert_eq!(config.tco.alternatives.len(), 2);
+        assert_eq!(config.tco.assets[0].amortisation_months, 24);
+    }
+
+    #[test]
+    fn tco_mistakes_are_named_with_their_path() {
+        let asset = "[[tco.assets]]\nname = \"gpu\"\npurchase_price = 1000\npurchase_date = \"2026-01-01\"\n";
+        for (text, key) in [
+            (
+                format!("{asset}amortisation_months = 0\n"),
+                "tco.assets[0].amortisation_months",
+            ),
+            (
+                format!("{asset}amortisation_months = \"two years\"\n"),
+                "tco.assets[0].amortisation_months",
+            ),
+            (
+                format!("{asset}residual_value = 2000\n"),
+                "tco.assets[0].residual_value",
+            ),
+            (
+                format!("{asset}[[tco.assets]]\nname = \"b\"\npurchase_price = 1\npurchase_date = \"2026-02-30\"\n"),
+                "tco.assets[1].purchase_date",
+            ),
+            (
+                format!("{asset}method = \"sum_of_years\"\n"),
+                "tco.assets[0].method",
+            ),
+            (
+                format!("{asset}price = 5\n"),
+                "tco.assets[0].price",
+            ),
+            ("[tco]\ncurrency = \"dollars\"\n".to_owned(), "tco.currency"),
+            ("[tco.energy]\nprice_per_kwh = 0.1234567\n".to_owned(), "tco.energy.price_per_kwh"),
+            ("[tco.energy]\npue = 0.5\n".to_owned(), "tco.energy.pue"),
+            (
+                "[[tco.energy.tariff_bands]]\nname = \"peak\"\nfrom_hour = 25\nto_hour = 3\nprice_per_kwh = 1\n".to_owned(),
+                "tco.energy.tariff_bands[0].from_hour",
+            ),
+            (
+                "[[tco.alternatives]]\nname = \"x\"\nper_hour = -1\n".to_owned(),
+                "tco.alternatives[0].per_hour",
+            ),
+            ("[tco]\nbreak_even_horizon_months = 0\n".to_owned(), "tco.break_even_horizon_months"),
+        ] {
+            let err = Config::from_toml_str(&text, "moebox.toml").expect_err(&text);
+            assert_eq!(err.key(), Some(key), "{text}: {err}");
+            assert!(
+                err.to_string().starts_with(&format!("moebox.toml: key `{key}`")),
+                "{err}"
+            );
         }
     }
 

@@ -98,6 +98,11 @@ pub enum ApiError {
          it renews on the 1st (UTC)"
     )]
     BudgetExhausted { budget: u64, used: u64 },
+    #[error(
+        "the usage ledger cannot record this request (is the data partition full?); retry \
+         after {retry_after_seconds} s"
+    )]
+    LedgerUnavailable { retry_after_seconds: u32 },
     #[error("the request took longer than its deadline of {} s", .deadline.as_secs())]
     DeadlineExceeded { deadline: Duration },
     #[error("internal error")]
@@ -149,6 +154,9 @@ impl ApiError {
             }
             Self::Overloaded { .. } => (S::SERVICE_UNAVAILABLE, SERVER, "overloaded"),
             Self::NoEngine { .. } => (S::SERVICE_UNAVAILABLE, SERVER, "engine_unavailable"),
+            Self::LedgerUnavailable { .. } => {
+                (S::SERVICE_UNAVAILABLE, SERVER, "ledger_unavailable")
+            }
             Self::Engine { code, .. } => match code {
                 ErrorCode::InvalidRequest => (S::BAD_REQUEST, INVALID_REQUEST, "invalid_value"),
                 ErrorCode::ContextLengthExceeded => {
@@ -187,6 +195,9 @@ impl ApiError {
                 retry_after_seconds,
             }
             | Self::AuthFailures {
+                retry_after_seconds,
+            }
+            | Self::LedgerUnavailable {
                 retry_after_seconds,
             }
             | Self::RateLimited {

@@ -87,6 +87,7 @@ pub struct Metrics {
     completion_tokens: AtomicU64,
     connections_refused: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    ledger_failures: AtomicU64,
     pub time_to_first_token: Histogram,
     pub inter_token: Histogram,
     pub end_to_end: Histogram,
@@ -101,6 +102,7 @@ impl Default for Metrics {
             completion_tokens: AtomicU64::default(),
             connections_refused: AtomicU64::default(),
             tls_handshake_failures: AtomicU64::default(),
+            ledger_failures: AtomicU64::default(),
             time_to_first_token: Histogram::new(TTFT_BUCKETS),
             inter_token: Histogram::new(INTER_TOKEN_BUCKETS),
             end_to_end: Histogram::new(E2E_BUCKETS),
@@ -134,6 +136,11 @@ impl Metrics {
     /// A connection from outside `gateway.allowed_clients`, closed at accept.
     pub fn record_connection_refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A usage record the ledger could not store (the request got 503).
+    pub fn record_ledger_failure(&self) {
+        self.ledger_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_tls_handshake_failure(&self) {
@@ -196,6 +203,12 @@ impl Metrics {
                 "Connections closed at accept: the client is not in gateway.allowed_clients.",
                 "counter",
                 self.connections_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "moebox_gateway_ledger_write_failures_total",
+                "Usage records the ledger could not store; those requests were answered 503.",
+                "counter",
+                self.ledger_failures.load(Ordering::Relaxed),
             ),
             (
                 "moebox_gateway_tls_handshake_failures_total",

@@ -18,7 +18,9 @@ use hyper::{
     header::{self, HeaderValue},
 };
 use moebox_config::Config;
-use moebox_ledger::{KeyRecord, Ledger, VerifyError};
+use moebox_ledger::{
+    KeyRecord, Ledger, UnixMillis, UnixSeconds, UsageRecord, UsageWriter, VerifyError, WriteError,
+};
 use moebox_protocol::{FinishReason, Usage};
 use rand::{TryRngCore, rngs::OsRng};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -85,6 +87,7 @@ pub struct ClientAddr(pub std::net::SocketAddr);
 pub struct Gateway {
     limits: Limits,
     ledger: Arc<Ledger>,
+    writer: UsageWriter,
     router: Arc<Router>,
     metrics: Metrics,
     queue: Arc<Semaphore>,
@@ -130,7 +133,12 @@ impl Route {
 type HttpResponse = Response<GatewayBody>;
 
 impl Gateway {
-    pub fn new(limits: Limits, ledger: Arc<Ledger>, router: Arc<Router>) -> Arc<Self> {
+    pub fn new(
+        limits: Limits,
+        ledger: Arc<Ledger>,
+        writer: UsageWriter,
+        router: Arc<Router>,
+    ) -> Arc<Self> {
         let mut prefix = [0u8; 4];
         // A failed RNG only makes ids less unpredictable; they stay unique by the counter.
         let _ = OsRng.try_fill_bytes(&mut prefix);
@@ -144,6 +152,7 @@ impl Gateway {
             queue: Arc::new(Semaphore::new(limits.max_queued_requests)),
             limits,
             ledger,
+            writer,
             router,
             metrics: Metrics::default(),
             per_key: Mutex::new(HashMap::new()),
@@ -157,6 +166,10 @@ impl Gateway {
 
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -430,18 +443,97 @@ impl Gateway {
         Ok(())
     }
 
-    /// A finished generation: its tokens are counted (metrics, the key's tokens-per-minute
-    /// bucket) and audited.
-    fn finish(&self, audit: &Audit, finish_reason: FinishReason, usage: Usage) {
-        self.metrics
-            .record_tokens(usage.prompt_tokens, usage.completion_tokens);
+    /// Settles a generation request however it ended: counts its tokens (metrics, the key's
+    /// tokens-per-minute bucket), writes its audit line, and makes its usage record durable
+    /// in the ledger before returning, so the caller sends the response's last byte only
+    /// after the request is on disk. A record the ledger cannot take fails the request
+    /// (503): nothing is served that the ledger does not hold.
+    async fn settle(&self, account: &Account, ending: Ending<'_>) -> Result<(), ApiError> {
+        let (status, finish_reason, prompt_tokens, completion_tokens) = match &ending {
+            Ending::Done {
+                finish_reason,
+                usage,
+            } => (
+                200,
+                Some(finish_reason.as_str()),
+                usage.prompt_tokens,
+                usage.completion_tokens,
+            ),
+            Ending::Failed(error) => (error.shape().status.as_u16(), None, 0, 0),
+            Ending::ClientGone {
+                prompt_tokens,
+                completion_tokens,
+            } => (
+                STATUS_CLIENT_CLOSED,
+                None,
+                *prompt_tokens,
+                *completion_tokens,
+            ),
+        };
+        self.metrics.record_tokens(prompt_tokens, completion_tokens);
         self.key_rates.charge_tokens(
-            audit.key_id,
-            u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens),
+            account.key_id,
+            u64::from(prompt_tokens) + u64::from(completion_tokens),
             Instant::now(),
         );
-        self.metrics.end_to_end.observe(audit.started.elapsed());
-        audit.log_done(200, finish_reason, usage);
+        let latency = account.started.elapsed();
+        if matches!(ending, Ending::Done { .. }) {
+            self.metrics.end_to_end.observe(latency);
+        }
+        account.log(&ending, status, prompt_tokens, completion_tokens, latency);
+        let record = UsageRecord {
+            request_id: account.request_id.clone(),
+            started_at: account.started_at,
+            ended_at: UnixMillis::now(),
+            key_id: account.key_id,
+            team: account.team.clone(),
+            model: account.model.clone(),
+            endpoint: account.endpoint.path().to_owned(),
+            prompt_tokens: u64::from(prompt_tokens),
+            completion_tokens: u64::from(completion_tokens),
+            time_to_first_token_ms: account
+                .first_text
+                .map(|first| duration_ms(first.saturating_duration_since(account.started))),
+            latency_ms: duration_ms(latency),
+            status,
+            engine: account.engine.clone(),
+            finish_reason: finish_reason.map(str::to_owned),
+        };
+        self.writer.record(record).await.map_err(|error| {
+            self.metrics.record_ledger_failure();
+            match error {
+                WriteError::Invalid(error) => {
+                    tracing::error!(%error, request_id = %account.request_id, "usage record refused");
+                    ApiError::Internal
+                }
+                other => {
+                    tracing::error!(error = %other, request_id = %account.request_id, "usage record not stored");
+                    ApiError::LedgerUnavailable {
+                        retry_after_seconds: self.limits.retry_after_seconds,
+                    }
+                }
+            }
+        })
+    }
+
+    /// Whether key `key` still has tokens left this month (UTC).
+    fn check_budget(&self, key: &KeyRecord) -> Result<(), ApiError> {
+        let Some(budget) = key.monthly_token_budget else {
+            return Ok(());
+        };
+        let used = self
+            .ledger
+            .tokens_used_by_key_since(key.id, UnixSeconds::now().month_start())
+            .map_err(|error| {
+                tracing::error!(%error, "reading a key's monthly usage failed");
+                ApiError::LedgerUnavailable {
+                    retry_after_seconds: self.limits.retry_after_seconds,
+                }
+            })?;
+        if used >= budget {
+            return Err(ApiError::BudgetExhausted { budget, used });
+        }
+        Ok(())
     }
 
     /// A key's concurrency permit; `None` when it already has its limit in flight.
@@ -506,6 +598,7 @@ impl Gateway {
                     retry_after_seconds: retry_after_seconds(wait),
                 }
             })?;
+        self.check_budget(&key)?;
         let body = self.read_body(request).await?;
         let mut validated = match endpoint {
             Endpoint::ChatCompletions => openai::parse_chat(&body)?,
@@ -533,13 +626,19 @@ impl Gateway {
         let request_id = self.request_id();
         validated.request.request_id = request_id.clone();
         let deadline = tokio::time::Instant::from_std(started + self.limits.request_deadline);
-        let audit = Audit {
+        let mut account = Account {
             request_id: request_id.clone(),
             key_id: key.id,
             team: key.team.clone(),
             model: validated.model.clone(),
             endpoint,
             started,
+            started_at: UnixMillis::now()
+                .0
+                .checked_sub(duration_ms(started.elapsed()) as i64)
+                .map_or(UnixMillis::now(), UnixMillis),
+            engine: None,
+            first_text: None,
         };
         let meta = ResponseMeta::new(endpoint, &request_id, unix_now(), validated.model.clone());
         let ValidatedGeneration {
@@ -555,9 +654,9 @@ impl Gateway {
             deadline: self.limits.request_deadline,
         }));
         if let Err(error) = start {
-            audit.log_error(&error);
-            return Err(error);
+            return Err(self.fail(&account, error).await);
         }
+        account.engine = generation.engine();
         let permits = (key_permit, queue_permit);
         if stream {
             let (sender, body) = GatewayBody::channel();
@@ -565,7 +664,7 @@ impl Gateway {
             tokio::spawn(async move {
                 let _permits = permits;
                 gateway
-                    .pump(generation, sender, meta, include_usage, deadline, audit)
+                    .pump(generation, sender, meta, include_usage, deadline, account)
                     .await;
             });
             let mut response = Response::new(body);
@@ -587,9 +686,17 @@ impl Gateway {
                     .unwrap_or(Err(ApiError::DeadlineExceeded {
                         deadline: self.limits.request_deadline,
                     }));
+            account.first_text = timing.first;
             match collected {
                 Ok((text, finish_reason, usage)) => {
-                    self.finish(&audit, finish_reason, usage);
+                    self.settle(
+                        &account,
+                        Ending::Done {
+                            finish_reason,
+                            usage,
+                        },
+                    )
+                    .await?;
                     let mut response = Response::new(GatewayBody::full(meta.completion(
                         &text,
                         finish_reason,
@@ -602,12 +709,30 @@ impl Gateway {
                     insert_request_id(&mut response, &request_id);
                     Ok(response)
                 }
-                Err(error) => {
-                    audit.log_error(&error);
-                    Err(error)
-                }
+                Err(error) => Err(self.fail(&account, error).await),
             }
         }
+    }
+
+    /// Settles a failed request; the error to answer (the ledger's, if it cannot record it).
+    async fn fail(&self, account: &Account, error: ApiError) -> ApiError {
+        match self.settle(account, Ending::Failed(&error)).await {
+            Ok(()) => error,
+            Err(ledger) => ledger,
+        }
+    }
+
+    /// Settles a request whose client went away, with what it was served.
+    async fn client_gone(&self, account: &Account, generation: &Generation) {
+        let _ = self
+            .settle(
+                account,
+                Ending::ClientGone {
+                    prompt_tokens: generation.prompt_tokens(),
+                    completion_tokens: generation.completion_tokens(),
+                },
+            )
+            .await;
     }
 
     /// Streams a started generation to the client as server-sent events, until it is done,
@@ -619,7 +744,7 @@ impl Gateway {
         meta: ResponseMeta,
         include_usage: bool,
         deadline: tokio::time::Instant,
-        audit: Audit,
+        mut account: Account,
     ) {
         let _in_flight = self.metrics.in_flight();
         let mut writer = SseWriter {
@@ -631,47 +756,51 @@ impl Gateway {
                 .send_data(&meta.chunk(ChunkPiece::Role, include_usage))
                 .await
         {
-            audit.log_client_gone();
+            self.client_gone(&account, &generation).await;
             return;
         }
-        let mut timing = TextTiming::new(&self.metrics, audit.started);
+        let mut timing = TextTiming::new(&self.metrics, account.started);
         let keepalive = self.limits.sse_keepalive;
         let mut ticks =
             tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let step = generation.next();
-            tokio::pin!(step);
-            let output = loop {
-                tokio::select! {
-                    output = &mut step => break Some(output),
-                    _ = writer.sender.closed() => break None,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        break Some(Err(ApiError::DeadlineExceeded {
-                            deadline: self.limits.request_deadline,
-                        }))
-                    }
-                    _ = ticks.tick() => {
-                        if writer.last_sent.elapsed() >= keepalive
-                            && !writer.send(Bytes::from_static(SSE_KEEPALIVE)).await
-                        {
-                            break None;
+            let output = {
+                let step = generation.next();
+                tokio::pin!(step);
+                loop {
+                    tokio::select! {
+                        output = &mut step => break Some(output),
+                        _ = writer.sender.closed() => break None,
+                        _ = tokio::time::sleep_until(deadline) => {
+                            break Some(Err(ApiError::DeadlineExceeded {
+                                deadline: self.limits.request_deadline,
+                            }))
+                        }
+                        _ = ticks.tick() => {
+                            if writer.last_sent.elapsed() >= keepalive
+                                && !writer.send(Bytes::from_static(SSE_KEEPALIVE)).await
+                            {
+                                break None;
+                            }
                         }
                     }
                 }
             };
+            account.first_text = timing.first;
             let Some(output) = output else {
-                audit.log_client_gone();
+                self.client_gone(&account, &generation).await;
                 return;
             };
             match output {
                 Ok(Output::Text(text)) => {
                     timing.text();
+                    account.first_text = timing.first;
                     if !writer
                         .send_data(&meta.chunk(ChunkPiece::Text(&text), include_usage))
                         .await
                     {
-                        audit.log_client_gone();
+                        self.client_gone(&account, &generation).await;
                         return;
                     }
                 }
@@ -679,7 +808,21 @@ impl Gateway {
                     finish_reason,
                     usage,
                 }) => {
-                    self.finish(&audit, finish_reason, usage);
+                    let settled = self
+                        .settle(
+                            &account,
+                            Ending::Done {
+                                finish_reason,
+                                usage,
+                            },
+                        )
+                        .await;
+                    if let Err(error) = settled {
+                        // Served but not recorded: the stream ends with the ledger's error
+                        // instead of [DONE].
+                        writer.send_json(&error.body()).await;
+                        return;
+                    }
                     let mut sent = writer
                         .send_data(&meta.chunk(ChunkPiece::Finish(finish_reason), include_usage))
                         .await;
@@ -692,7 +835,7 @@ impl Gateway {
                     return;
                 }
                 Err(error) => {
-                    audit.log_error(&error);
+                    let error = self.fail(&account, error).await;
                     // OpenAI's SDKs raise on a chunk holding `error`; the stream then ends
                     // without [DONE].
                     writer.send_json(&error.body()).await;
@@ -751,6 +894,7 @@ impl SseWriter {
 struct TextTiming<'a> {
     metrics: &'a Metrics,
     started: Instant,
+    first: Option<Instant>,
     last: Option<Instant>,
 }
 
@@ -759,6 +903,7 @@ impl<'a> TextTiming<'a> {
         Self {
             metrics,
             started,
+            first: None,
             last: None,
         }
     }
@@ -766,30 +911,68 @@ impl<'a> TextTiming<'a> {
     fn text(&mut self) {
         let now = Instant::now();
         match self.last {
-            None => self
-                .metrics
-                .time_to_first_token
-                .observe(now.duration_since(self.started)),
+            None => {
+                self.first = Some(now);
+                self.metrics
+                    .time_to_first_token
+                    .observe(now.duration_since(self.started));
+            }
             Some(last) => self.metrics.inter_token.observe(now.duration_since(last)),
         }
         self.last = Some(now);
     }
 }
 
-/// The audit line of one generation request: who, what model, how many tokens, how it ended,
-/// how long it took. Never the prompt or the completion.
+/// The status recorded for a request whose client went away (nginx's convention).
+pub const STATUS_CLIENT_CLOSED: u16 = 499;
+
+/// How a generation request ended.
 #[derive(Debug)]
-struct Audit {
+enum Ending<'a> {
+    Done {
+        finish_reason: FinishReason,
+        usage: Usage,
+    },
+    Failed(&'a ApiError),
+    ClientGone {
+        prompt_tokens: u32,
+        completion_tokens: u32,
+    },
+}
+
+/// One admitted generation request: who, what model, which engine, when; its audit line
+/// and usage record are made from it when it ends. Never the prompt or the completion.
+#[derive(Debug)]
+struct Account {
     request_id: String,
     key_id: i64,
     team: String,
     model: String,
     endpoint: Endpoint,
     started: Instant,
+    started_at: UnixMillis,
+    engine: Option<String>,
+    first_text: Option<Instant>,
 }
 
-impl Audit {
-    fn log_done(&self, status: u16, finish_reason: FinishReason, usage: Usage) {
+impl Account {
+    fn log(
+        &self,
+        ending: &Ending<'_>,
+        status: u16,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+        latency: Duration,
+    ) {
+        let (outcome, code, finish_reason) = match ending {
+            Ending::Done { finish_reason, .. } => ("generation", "", finish_reason.as_str()),
+            Ending::Failed(error) => ("generation failed", error.shape().code, ""),
+            Ending::ClientGone { .. } => (
+                "client closed the stream; generation cancelled",
+                "client_closed",
+                "",
+            ),
+        };
         tracing::info!(
             target: "moebox_gateway::audit",
             request_id = %self.request_id,
@@ -797,44 +980,20 @@ impl Audit {
             team = %self.team,
             model = %self.model,
             endpoint = self.endpoint.path(),
+            engine = self.engine.as_deref().unwrap_or(""),
             status,
-            finish_reason = finish_reason.as_str(),
-            prompt_tokens = usage.prompt_tokens,
-            completion_tokens = usage.completion_tokens,
-            latency_ms = self.started.elapsed().as_millis() as u64,
-            "generation"
+            code,
+            finish_reason,
+            prompt_tokens,
+            completion_tokens,
+            latency_ms = duration_ms(latency),
+            "{outcome}"
         );
     }
+}
 
-    fn log_error(&self, error: &ApiError) {
-        let shape = error.shape();
-        tracing::info!(
-            target: "moebox_gateway::audit",
-            request_id = %self.request_id,
-            key_id = self.key_id,
-            team = %self.team,
-            model = %self.model,
-            endpoint = self.endpoint.path(),
-            status = shape.status.as_u16(),
-            code = shape.code,
-            latency_ms = self.started.elapsed().as_millis() as u64,
-            "generation failed"
-        );
-    }
-
-    fn log_client_gone(&self) {
-        tracing::info!(
-            target: "moebox_gateway::audit",
-            request_id = %self.request_id,
-            key_id = self.key_id,
-            team = %self.team,
-            model = %self.model,
-            endpoint = self.endpoint.path(),
-            status = 499,
-            latency_ms = self.started.elapsed().as_millis() as u64,
-            "client closed the stream; generation cancelled"
-        );
-    }
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn unix_now() -> u64 {

@@ -1103,3 +1103,166 @@ async fn admin_api_creates_lists_and_revokes_keys() {
         403
     );
 }
+
+/// Every admitted request leaves one usage record, whichever way it ends, durable before the
+/// client has its last byte.
+#[tokio::test]
+async fn every_request_leaves_a_usage_record() {
+    use moebox_ledger::{NewKey, Scope, UsageFilter};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |_| {}).await;
+    let key = |name: &str, team: &str| {
+        let mut new = NewKey::new(name, Scope::User);
+        new.team = team.to_owned();
+        let created = gateway
+            .ledger
+            .create_key(&new, UnixSeconds::now())
+            .expect("key");
+        (created.record.id, created.key.expose().to_owned())
+    };
+    let (tax_id, tax) = key("tax-bot", "tax");
+    let (_, audit) = key("audit-bot", "audit");
+    let whole = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&tax),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(whole.status, 200);
+    let mut streamed = chat_body("hi");
+    streamed["stream"] = true.into();
+    let streamed = gateway
+        .request("POST", "/v1/chat/completions", Some(&audit), Some(streamed))
+        .await;
+    assert_eq!(streamed.status, 200);
+    // The record is on disk before the response ends: no waiting here.
+    let all = gateway
+        .ledger
+        .usage_records(
+            UnixSeconds(0),
+            UnixSeconds(4_000_000_000),
+            &UsageFilter::All,
+            None,
+            100,
+        )
+        .expect("records")
+        .records;
+    assert_eq!(all.len(), 2, "{all:?}");
+    let tax_record = &all
+        .iter()
+        .find(|r| r.record.key_id == tax_id)
+        .expect("tax record")
+        .record;
+    assert_eq!(tax_record.team, "tax");
+    assert_eq!(tax_record.model, MODEL);
+    assert_eq!(tax_record.endpoint, "/v1/chat/completions");
+    assert_eq!(
+        (tax_record.prompt_tokens, tax_record.completion_tokens),
+        (3, 3)
+    );
+    assert_eq!(tax_record.status, 200);
+    assert_eq!(tax_record.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(tax_record.engine.as_deref(), Some("e0"));
+    assert!(tax_record.time_to_first_token_ms.is_some());
+    assert_eq!(
+        whole.headers.get("x-request-id").expect("id"),
+        tax_record.request_id.as_str()
+    );
+    let by_team = gateway
+        .ledger
+        .usage_by_team(UnixSeconds(0), UnixSeconds(4_000_000_000))
+        .expect("by team");
+    assert_eq!(by_team.len(), 2);
+
+    // An engine refusal after admission is recorded with its status and no tokens.
+    *engine.behaviour.lock().expect("lock") = Behaviour::Refuse(
+        400,
+        refusal(
+            ErrorCode::InvalidRequest,
+            "temperature out of range",
+            Some("temperature"),
+        ),
+    );
+    let refused = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&tax),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    let tax_records = gateway
+        .ledger
+        .usage_records(
+            UnixSeconds(0),
+            UnixSeconds(4_000_000_000),
+            &UsageFilter::Key(tax_id),
+            None,
+            100,
+        )
+        .expect("records")
+        .records;
+    assert_eq!(tax_records.len(), 2);
+    assert!(
+        tax_records
+            .iter()
+            .any(|r| r.record.status == 400 && r.record.completion_tokens == 0)
+    );
+}
+
+#[tokio::test]
+async fn a_spent_monthly_budget_answers_429_until_the_month_turns() {
+    use moebox_ledger::{NewKey, Scope};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |_| {}).await;
+    let mut new = NewKey::new("small", Scope::User);
+    new.monthly_token_budget = Some(10);
+    let key = gateway
+        .ledger
+        .create_key(&new, UnixSeconds::now())
+        .expect("key")
+        .key
+        .expose()
+        .to_owned();
+    // 6 tokens per request: the second passes at 6 used, the third finds 12 ≥ 10.
+    for _ in 0..2 {
+        let reply = gateway
+            .request(
+                "POST",
+                "/v1/chat/completions",
+                Some(&key),
+                Some(chat_body("hi")),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let spent = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(spent.status, 429, "{}", spent.text());
+    assert_eq!(spent.json()["error"]["code"], "insufficient_quota");
+    assert!(
+        spent.text().contains("monthly budget of 10 tokens"),
+        "{}",
+        spent.text()
+    );
+    let other = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&gateway.user_key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(other.status, 200, "other keys are unaffected");
+}

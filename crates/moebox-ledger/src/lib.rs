@@ -71,7 +71,8 @@ pub use usage::{
     StoredUsage, TeamUsage, TokenMix, UsageFilter, UsagePoint, UsageRecord, UsageTotals,
 };
 pub use writer::{
-    DEFAULT_WRITER_QUEUE_CAPACITY, MAX_WRITER_QUEUE_CAPACITY, UsageWriter, WriteError, WriterThread,
+    DEFAULT_WRITER_QUEUE_CAPACITY, MAX_WRITER_QUEUE_CAPACITY, UsageWriter, WriteError,
+    WriterThread, open_with_writer,
 };
 
 /// How long a statement waits for another process's write lock before failing.
@@ -97,6 +98,14 @@ impl UnixSeconds {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         Self(i64::try_from(seconds).unwrap_or(i64::MAX))
+    }
+
+    /// 00:00 UTC on the first day of this instant's month: where monthly token budgets
+    /// start.
+    pub fn month_start(self) -> Self {
+        let days = self.0.div_euclid(86_400);
+        let (_, _, day) = civil_from_days(days);
+        Self((days - i64::from(day) + 1) * 86_400)
     }
 
     /// `YYYY-MM-DDTHH:MM:SSZ`.

@@ -225,3 +225,16 @@ fn timestamps_format_as_utc() {
 }
 
 const MIGRATIONS_LEN: i64 = schema::MIGRATIONS.len() as i64;
+
+#[test]
+fn month_start_is_midnight_utc_on_the_first() {
+    // 2024-02-29T13:14:15Z (a leap day) → 2024-02-01T00:00:00Z.
+    let leap_day = UnixSeconds(1_709_212_455);
+    assert_eq!(leap_day.month_start().to_rfc3339(), "2024-02-01T00:00:00Z");
+    let first = UnixSeconds(1_706_745_600);
+    assert_eq!(first.month_start(), first);
+    assert_eq!(
+        UnixSeconds(1_706_745_599).month_start().to_rfc3339(),
+        "2024-01-01T00:00:00Z"
+    );
+}

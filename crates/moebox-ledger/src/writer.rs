@@ -92,6 +92,19 @@ impl WriterThread {
     }
 }
 
+/// Opens the database at `path` twice, as the gateway uses it: one connection for key checks
+/// and reads, and the writer thread on the other, so a commit's fsync never holds up a key
+/// check.
+pub fn open_with_writer(
+    path: &std::path::Path,
+    capacity: usize,
+) -> Result<(Arc<Ledger>, UsageWriter, WriterThread), LedgerError> {
+    let reads = Arc::new(Ledger::open(path)?);
+    let writes = Arc::new(Ledger::open(path)?);
+    let (writer, thread) = UsageWriter::spawn(writes, capacity)?;
+    Ok((reads, writer, thread))
+}
+
 impl UsageWriter {
     /// Starts the process's writer thread on `ledger` with a queue of `capacity` records
     /// (1..=[`MAX_WRITER_QUEUE_CAPACITY`]).

@@ -83,7 +83,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     // Check what was written the way `moebox serve` and `keys` will read it.
     let config = Config::load(&config_path)?;
-    let ledger = Arc::new(serve::open_ledger(&config)?);
+    let (ledger, writer, writer_thread) = serve::open_gateway_ledger(&config)?;
     let now = UnixSeconds::now();
     let admin = ledger.create_key(&NewKey::new("up admin", Scope::Admin), now)?;
     let user = ledger.create_key(&NewKey::new("up user", Scope::User), now)?;
@@ -103,7 +103,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let supervisor = tokio::spawn(supervise_engine(exe, config_path.clone(), stopped));
         let transport = moebox_gateway::transport(&config.gateway, address)?;
-        let gateway = moebox_gateway::build(&config, ledger);
+        let gateway = moebox_gateway::build(&config, ledger, writer);
 
         let scheme = if config.gateway.tls { "https" } else { "http" };
         let url = format!("{scheme}://{address}");
@@ -147,6 +147,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
     runtime.shutdown_timeout(serve::RUNTIME_SHUTDOWN_TIMEOUT);
+    writer_thread.join();
     result
 }
 

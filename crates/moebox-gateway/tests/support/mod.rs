@@ -238,7 +238,8 @@ pub struct TestGateway {
 impl TestGateway {
     pub async fn start(engines: &[&Arc<FakeEngine>], tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ledger = Arc::new(Ledger::open(&dir.path().join("moebox.sqlite")).expect("ledger"));
+        let (ledger, writer, _writer_thread) =
+            moebox_ledger::open_with_writer(&dir.path().join("moebox.sqlite"), 64).expect("ledger");
         let admin = ledger
             .create_key(&NewKey::new("admin", Scope::Admin), UnixSeconds::now())
             .expect("admin key");
@@ -259,7 +260,7 @@ impl TestGateway {
             .expect("bind");
         let address = listener.local_addr().expect("address");
         let transport = moebox_gateway::transport(&config.gateway, address).expect("transport");
-        let gateway = moebox_gateway::build(&config, Arc::clone(&ledger));
+        let gateway = moebox_gateway::build(&config, Arc::clone(&ledger), writer);
         gateway.router().poll_all().await;
         let (stop, stopped) = oneshot::channel::<()>();
         let (stop_polling, polling) = tokio::sync::watch::channel(false);
