@@ -45,6 +45,17 @@ pub const DEFAULT_MAX_WAITING: usize = 64;
 pub const DEFAULT_PREFILL_CHUNK_TOKENS: usize = 512;
 /// `engine.socket`: the engine's Unix socket; `{gpu}` is replaced by the GPU index.
 pub const DEFAULT_ENGINE_SOCKET: &str = "/run/moebox/engine-{gpu}.sock";
+/// `engine.telemetry_interval_ms`: how often the engine samples its GPU (NVML) or, on the
+/// CPU, the package energy (RAPL). Energy comes from counters, so the interval sets the
+/// resolution of the charts, not the accuracy of the energy.
+pub const DEFAULT_TELEMETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// The shortest `engine.telemetry_interval_ms`: NVML's utilisation and power readings are
+/// averages over about that long, and sampling faster only costs CPU.
+pub const MIN_TELEMETRY_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest `engine.telemetry_interval_ms`: a RAPL energy counter wraps after
+/// `max_energy_range_uj` (about 262 kJ: 22 minutes at 200 W), and only one wrap per interval
+/// can be told apart; a minute also keeps the status page live.
+pub const MAX_TELEMETRY_INTERVAL: Duration = Duration::from_secs(60);
 /// `engine.cuda.memory_limit_bytes`: 0 means no limit beyond the device's memory.
 pub const DEFAULT_CUDA_MEMORY_LIMIT_BYTES: u64 = 0;
 
@@ -205,6 +216,8 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     pub prefill_chunk_tokens: usize,
     pub socket: String,
+    /// Between [`MIN_TELEMETRY_INTERVAL`] and [`MAX_TELEMETRY_INTERVAL`].
+    pub telemetry_interval_ms: u64,
     pub cuda: CudaConfig,
 }
 
@@ -212,6 +225,10 @@ impl EngineConfig {
     /// The socket path for GPU `gpu`.
     pub fn socket_for(&self, gpu: u32) -> PathBuf {
         PathBuf::from(self.socket.replace("{gpu}", &gpu.to_string()))
+    }
+
+    pub fn telemetry_interval(&self) -> Duration {
+        Duration::from_millis(self.telemetry_interval_ms)
     }
 }
 
@@ -228,6 +245,7 @@ impl Default for EngineConfig {
             max_waiting: DEFAULT_MAX_WAITING,
             prefill_chunk_tokens: DEFAULT_PREFILL_CHUNK_TOKENS,
             socket: DEFAULT_ENGINE_SOCKET.to_owned(),
+            telemetry_interval_ms: millis(DEFAULT_TELEMETRY_INTERVAL),
             cuda: CudaConfig::default(),
         }
     }
@@ -679,6 +697,18 @@ impl Config {
                 ),
             ));
         }
+        let interval = self.engine.telemetry_interval();
+        if !(MIN_TELEMETRY_INTERVAL..=MAX_TELEMETRY_INTERVAL).contains(&interval) {
+            return Err(invalid(
+                "engine.telemetry_interval_ms",
+                format!(
+                    "must be between {} and {} (milliseconds), got {}",
+                    millis(MIN_TELEMETRY_INTERVAL),
+                    millis(MAX_TELEMETRY_INTERVAL),
+                    self.engine.telemetry_interval_ms
+                ),
+            ));
+        }
         if !self.engine.socket.starts_with('/') {
             return Err(invalid(
                 "engine.socket",
@@ -1045,6 +1075,43 @@ mod tests {
         .expect_err("budget below one row");
         assert_eq!(err.key(), Some("engine.kv_budget_tokens"));
         assert!(err.to_string().contains("4096"), "{err}");
+    }
+
+    #[test]
+    fn telemetry_interval_defaults_and_bounds() {
+        let config = Config::from_toml_str("", "<test>").expect("empty config is valid");
+        assert_eq!(
+            config.engine.telemetry_interval(),
+            DEFAULT_TELEMETRY_INTERVAL
+        );
+        for (ms, ok) in [
+            (100, true),
+            (60_000, true),
+            (99, false),
+            (0, false),
+            (60_001, false),
+        ] {
+            let text = format!("[engine]\ntelemetry_interval_ms = {ms}\n");
+            match Config::from_toml_str(&text, "<test>") {
+                Ok(config) => {
+                    assert!(ok, "{ms} accepted");
+                    assert_eq!(
+                        config.engine.telemetry_interval(),
+                        Duration::from_millis(ms)
+                    );
+                }
+                Err(err) => {
+                    assert!(!ok, "{ms} refused: {err}");
+                    assert_eq!(err.key(), Some("engine.telemetry_interval_ms"));
+                    let text = err.to_string();
+                    assert!(
+                        text.contains("between 100 and 60000")
+                            && text.contains(&format!("got {ms}")),
+                        "{text}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
