@@ -29,6 +29,11 @@ pub enum ApiError {
     RevokedKey,
     #[error("this route needs an admin key")]
     AdminRequired,
+    #[error(
+        "a request made with an admin session must carry the session's token in the \
+         X-CSRF-Token header"
+    )]
+    CsrfMismatch,
     #[error("unknown URL: {method} {path}")]
     UnknownRoute { method: String, path: String },
     #[error("{method} is not allowed on {path}; use {allowed}")]
@@ -126,6 +131,7 @@ impl ApiError {
             Self::InvalidKey(_) => (S::UNAUTHORIZED, AUTHENTICATION, "invalid_api_key"),
             Self::RevokedKey => (S::UNAUTHORIZED, AUTHENTICATION, "revoked_api_key"),
             Self::AdminRequired => (S::FORBIDDEN, PERMISSION, "insufficient_scope"),
+            Self::CsrfMismatch => (S::FORBIDDEN, PERMISSION, "csrf_token_mismatch"),
             Self::UnknownRoute { .. } => (S::NOT_FOUND, NOT_FOUND, "unknown_url"),
             Self::MethodNotAllowed { .. } => {
                 (S::METHOD_NOT_ALLOWED, INVALID_REQUEST, "method_not_allowed")

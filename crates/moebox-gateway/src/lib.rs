@@ -102,7 +102,13 @@ pub fn build(config: &Config, ledger: Arc<Ledger>, writer: UsageWriter) -> Arc<G
         gateway.engine_poll_interval(),
         gateway.retry_after_seconds,
     );
-    Gateway::new(Limits::from_config(config), ledger, writer, router)
+    Gateway::new(
+        Limits::from_config(config),
+        ledger,
+        writer,
+        router,
+        config.tco.clone(),
+    )
 }
 
 /// The ledger's retention windows from `[ledger]`.

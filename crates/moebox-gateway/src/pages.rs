@@ -29,6 +29,9 @@ use moebox_ledger::{
     export::{ReportGroup, records_to_csv, records_to_json},
 };
 use moebox_pages as pages;
+pub use moebox_pages::{
+    PATH_GPUS, PATH_LOGIN, PATH_LOGOUT, PATH_OVERVIEW, PATH_SCHEDULE, PATH_USAGE,
+};
 use moebox_tco::{CostModel, Date};
 use rand::{TryRngCore, rngs::OsRng};
 
@@ -166,7 +169,7 @@ pub fn form_fields(body: &[u8]) -> HashMap<String, String> {
         while i < text.len() {
             match text[i] {
                 b'+' => out.push(b' '),
-                b'%' if i + 2 < text.len() + 0 && i + 2 <= text.len() - 1 => {
+                b'%' if i + 2 < text.len() => {
                     let hex = std::str::from_utf8(&text[i + 1..i + 3])
                         .ok()
                         .and_then(|h| u8::from_str_radix(h, 16).ok());
@@ -262,7 +265,7 @@ pub fn login_form(
     let mut response = html(
         status,
         pages::login(&pages::LoginPage {
-            action: pages::PATH_LOGIN,
+            action: PATH_LOGIN,
             csrf_token: &token,
             csrf_field: CSRF_FIELD,
             error,

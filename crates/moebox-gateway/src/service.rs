@@ -34,6 +34,7 @@ use crate::{
     openai::{
         self, ChunkPiece, Endpoint, ModelList, ModelObject, ResponseMeta, ValidatedGeneration,
     },
+    pages,
     router::{Generation, Output, Router},
 };
 
@@ -56,6 +57,8 @@ pub struct Limits {
     pub max_output_tokens: u32,
     pub auth_failures_per_minute: u32,
     pub auth_failure_clients: usize,
+    /// Whether the gateway serves TLS (session cookies are then `Secure`).
+    pub tls: bool,
 }
 
 impl Limits {
@@ -74,6 +77,7 @@ impl Limits {
             max_output_tokens: gateway.max_output_tokens,
             auth_failures_per_minute: gateway.auth_failures_per_minute,
             auth_failure_clients: gateway.auth_failure_clients,
+            tls: gateway.tls,
         }
     }
 }
@@ -94,6 +98,8 @@ pub struct Gateway {
     per_key: Mutex<HashMap<i64, Arc<Semaphore>>>,
     key_rates: KeyRates,
     auth_failures: AuthFailures,
+    sessions: pages::Sessions,
+    cost_model: Arc<moebox_tco::CostModel>,
     /// `created` of `/v1/models` entries: when this gateway started.
     started_unix: u64,
     /// Request ids: a random per-process prefix and a counter, unique without a syscall each.
@@ -138,6 +144,7 @@ impl Gateway {
         ledger: Arc<Ledger>,
         writer: UsageWriter,
         router: Arc<Router>,
+        cost_model: moebox_tco::CostModel,
     ) -> Arc<Self> {
         let mut prefix = [0u8; 4];
         // A failed RNG only makes ids less unpredictable; they stay unique by the counter.
@@ -157,6 +164,8 @@ impl Gateway {
             metrics: Metrics::default(),
             per_key: Mutex::new(HashMap::new()),
             key_rates: KeyRates::default(),
+            sessions: pages::Sessions::default(),
+            cost_model: Arc::new(cost_model),
             auth_failures,
             started_unix,
             id_prefix: u32::from_be_bytes(prefix),
@@ -264,11 +273,7 @@ impl Gateway {
                     };
                     (Route::Model, result)
                 } else if path == "/admin" || path.starts_with("/admin/") {
-                    let result = match self.authenticate(&request, true) {
-                        Err(error) => Err(error),
-                        Ok(_) => self.admin(method, path, request).await,
-                    };
-                    (Route::Admin, result)
+                    (Route::Admin, self.admin(method, path, request).await)
                 } else {
                     (
                         Route::Other,
@@ -343,33 +348,163 @@ impl Gateway {
         Ok(record)
     }
 
-    /// Admin routes, for a request already authenticated with an admin key.
+    /// Admin pages, exports and the key API. An admin Bearer key or an admin session
+    /// cookie (see [`pages`]); with a session, a state-changing request also needs the
+    /// session's CSRF token.
     async fn admin(
         &self,
         method: &Method,
         path: &str,
         request: Request<Incoming>,
     ) -> Result<HttpResponse, ApiError> {
+        let now = Instant::now();
+        match (method, path) {
+            (&Method::GET, pages::PATH_LOGIN) => {
+                return pages::login_form(None, StatusCode::OK, self.limits.tls);
+            }
+            (&Method::POST, pages::PATH_LOGIN) => return self.login(request).await,
+            (&Method::GET | &Method::POST, pages::PATH_LOGOUT) => {
+                let mut response = pages::redirect(pages::PATH_LOGIN);
+                if let Some((id, _)) = self.sessions.find(request.headers(), now) {
+                    self.sessions.remove(&id);
+                }
+                pages::set_cookie(
+                    &mut response,
+                    pages::SESSION_COOKIE,
+                    "",
+                    Duration::ZERO,
+                    self.limits.tls,
+                );
+                return Ok(response);
+            }
+            _ => {}
+        }
+        let session = if request.headers().contains_key(header::AUTHORIZATION) {
+            self.authenticate(&request, true)?;
+            None
+        } else {
+            match self.sessions.find(request.headers(), now) {
+                Some((id, auth)) => {
+                    // The key behind a session must still be an admin key: revoking or
+                    // demoting it ends its sessions here.
+                    let key = self.ledger.key(auth.key_id).map_err(|error| {
+                        tracing::error!(%error, "reading a session's key failed");
+                        ApiError::Internal
+                    })?;
+                    if !key.is_some_and(|k| k.is_admin() && k.revoked_at.is_none()) {
+                        self.sessions.remove(&id);
+                        return Err(ApiError::RevokedKey);
+                    }
+                    Some(auth)
+                }
+                None if *method == Method::GET && wants_html(&request) => {
+                    return Ok(pages::redirect(pages::PATH_LOGIN));
+                }
+                None => return Err(ApiError::MissingKey),
+            }
+        };
+        if let Some(auth) = &session
+            && !matches!(*method, Method::GET | Method::HEAD)
+        {
+            let sent = request
+                .headers()
+                .get(pages::CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if !pages::tokens_equal(sent, &auth.csrf) {
+                return Err(ApiError::CsrfMismatch);
+            }
+        }
+        let query = request.uri().query().map(str::to_owned);
         let body = if *method == Method::POST {
             self.read_body(request).await?
         } else {
             Bytes::new()
         };
         let ledger = Arc::clone(&self.ledger);
+        let model = Arc::clone(&self.cost_model);
         let (method, path) = (method.clone(), path.to_owned());
-        // SQLite writes wait for the disk (synchronous = FULL): off the async workers.
-        let reply = tokio::task::spawn_blocking(move || {
-            admin::keys(&ledger, &method, &path, &body).unwrap_or_else(|| {
-                Err(ApiError::UnknownRoute {
-                    method: method.to_string(),
-                    path,
-                })
-            })
+        // SQLite reads and writes block (a write waits for the disk): off the async workers.
+        tokio::task::spawn_blocking(move || {
+            admin_route(&ledger, &model, &method, &path, query.as_deref(), &body)
         })
         .await
-        .map_err(|_| ApiError::Internal)??;
-        let (status, value) = reply;
-        Ok(json_response(status, &value))
+        .map_err(|_| ApiError::Internal)?
+    }
+
+    /// `POST /admin/login`: an admin key from the form, checked like any presented key
+    /// (failures count against the client), for a session cookie.
+    async fn login(&self, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+        let secure = self.limits.tls;
+        let client = request
+            .extensions()
+            .get::<ClientAddr>()
+            .map(|ClientAddr(address)| ClientId::from(address.ip()));
+        let expected = pages::cookie(request.headers(), pages::LOGIN_COOKIE).map(str::to_owned);
+        let body = self.read_body(request).await?;
+        let fields = pages::form_fields(&body);
+        let sent = fields
+            .get(pages::CSRF_FIELD)
+            .map(String::as_str)
+            .unwrap_or_default();
+        if !expected.is_some_and(|expected| pages::tokens_equal(sent, &expected)) {
+            return pages::login_form(
+                Some("The form expired or came from elsewhere; sign in again."),
+                StatusCode::FORBIDDEN,
+                secure,
+            );
+        }
+        let now = Instant::now();
+        if let Some(client) = client
+            && let Err(wait) = self.auth_failures.check(client, now)
+        {
+            return Err(ApiError::AuthFailures {
+                retry_after_seconds: retry_after_seconds(wait),
+            });
+        }
+        let key = fields.get("key").map(|k| k.trim()).unwrap_or_default();
+        let record = match self.ledger.verify_key(key) {
+            Ok(record) if record.is_admin() => record,
+            Ok(_) => {
+                return pages::login_form(
+                    Some("That key is not an admin key."),
+                    StatusCode::FORBIDDEN,
+                    secure,
+                );
+            }
+            Err(VerifyError::Ledger(error)) => {
+                tracing::error!(%error, "key verification failed");
+                return Err(ApiError::Internal);
+            }
+            Err(_) => {
+                if let Some(client) = client {
+                    self.auth_failures.record_failure(client, now);
+                }
+                return pages::login_form(
+                    Some("That key is not valid."),
+                    StatusCode::UNAUTHORIZED,
+                    secure,
+                );
+            }
+        };
+        let (session, _) = self.sessions.create(record.id, now)?;
+        tracing::info!(target: "moebox_gateway::audit", key_id = record.id, "admin signed in");
+        let mut response = pages::redirect(pages::PATH_OVERVIEW);
+        pages::set_cookie(
+            &mut response,
+            pages::SESSION_COOKIE,
+            &session,
+            pages::SESSION_LIFETIME,
+            secure,
+        );
+        pages::set_cookie(
+            &mut response,
+            pages::LOGIN_COOKIE,
+            "",
+            Duration::ZERO,
+            secure,
+        );
+        Ok(response)
     }
 
     fn readyz(&self) -> HttpResponse {
@@ -994,6 +1129,69 @@ impl Account {
 
 fn duration_ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whether a client asked for HTML (a browser navigating), to send it to the login form
+/// rather than a JSON 401.
+fn wants_html(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// An authenticated admin request's answer (runs on a blocking thread).
+fn admin_route(
+    ledger: &Ledger,
+    model: &moebox_tco::CostModel,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<HttpResponse, ApiError> {
+    if let Some(reply) = admin::keys(ledger, method, path, body) {
+        let (status, value) = reply?;
+        return Ok(json_response(status, &value));
+    }
+    let now = UnixSeconds::now();
+    let page = match path {
+        "/admin" | pages::PATH_OVERVIEW => Some(pages::overview(ledger, model, now)),
+        pages::PATH_SCHEDULE => Some(pages::schedule(model, now)),
+        pages::PATH_USAGE => Some(pages::usage(ledger, model, query, now)),
+        pages::PATH_GPUS => Some(pages::gpus(ledger, now)),
+        _ => None,
+    };
+    let not_allowed = || ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: path.to_owned(),
+        allowed: "GET",
+    };
+    if let Some(page) = page {
+        if !matches!(*method, Method::GET | Method::HEAD) {
+            return Err(not_allowed());
+        }
+        return Ok(pages::html(StatusCode::OK, page?));
+    }
+    if let Some(file) = path.strip_prefix("/admin/")
+        && let Some((content_type, filename, body)) = pages::export(ledger, file, query, now)?
+    {
+        if !matches!(*method, Method::GET | Method::HEAD) {
+            return Err(not_allowed());
+        }
+        let mut response = Response::new(GatewayBody::full(body));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+            headers.insert(header::CONTENT_DISPOSITION, value);
+        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(response);
+    }
+    Err(ApiError::UnknownRoute {
+        method: method.to_string(),
+        path: path.to_owned(),
+    })
 }
 
 fn unix_now() -> u64 {
