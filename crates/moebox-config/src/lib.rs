@@ -144,6 +144,9 @@ pub const DEFAULT_GATEWAY_ENGINE_POLL_INTERVAL: Duration = Duration::from_millis
 /// `gateway.engine_connect_timeout_ms`: connecting to an engine socket and getting its answer
 /// head; a wedged engine is skipped (and the request failed over) after this.
 pub const DEFAULT_GATEWAY_ENGINE_CONNECT_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// `gateway.telemetry_poll_interval_seconds`: how often the gateway collects each engine's
+/// telemetry samples into the ledger (an engine keeps an hour of them).
+pub const DEFAULT_GATEWAY_TELEMETRY_POLL_INTERVAL: Duration = Duration::from_secs(30);
 /// `gateway.max_body_bytes`: largest request body; larger is 413. The longest prompt the
 /// engine accepts (`engine.max_sequence_tokens`) is far smaller in JSON.
 pub const DEFAULT_GATEWAY_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -412,6 +415,7 @@ pub struct GatewayConfig {
     pub engine_count: u32,
     pub engine_poll_interval_ms: u64,
     pub engine_connect_timeout_ms: u64,
+    pub telemetry_poll_interval_seconds: u64,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -447,6 +451,7 @@ impl Default for GatewayConfig {
             engine_count: DEFAULT_GATEWAY_ENGINE_COUNT,
             engine_poll_interval_ms: millis(DEFAULT_GATEWAY_ENGINE_POLL_INTERVAL),
             engine_connect_timeout_ms: millis(DEFAULT_GATEWAY_ENGINE_CONNECT_TIMEOUT),
+            telemetry_poll_interval_seconds: DEFAULT_GATEWAY_TELEMETRY_POLL_INTERVAL.as_secs(),
             max_body_bytes: DEFAULT_GATEWAY_MAX_BODY_BYTES,
             max_header_bytes: DEFAULT_GATEWAY_MAX_HEADER_BYTES,
             max_headers: DEFAULT_GATEWAY_MAX_HEADERS,
@@ -490,6 +495,10 @@ impl GatewayConfig {
 
     pub fn engine_connect_timeout(&self) -> Duration {
         Duration::from_millis(self.engine_connect_timeout_ms)
+    }
+
+    pub fn telemetry_poll_interval(&self) -> Duration {
+        Duration::from_secs(self.telemetry_poll_interval_seconds)
     }
 
     pub fn tls_handshake_timeout(&self) -> Duration {
@@ -919,6 +928,10 @@ impl Config {
                 gateway.tls_handshake_timeout_seconds,
             ),
             ("gateway.idle_timeout_seconds", gateway.idle_timeout_seconds),
+            (
+                "gateway.telemetry_poll_interval_seconds",
+                gateway.telemetry_poll_interval_seconds,
+            ),
             (
                 "gateway.auth_failures_per_minute",
                 u64::from(gateway.auth_failures_per_minute),

@@ -24,6 +24,7 @@ pub mod pages;
 pub mod router;
 pub mod server;
 pub mod service;
+pub mod telemetry;
 pub mod tls;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -82,6 +83,13 @@ pub async fn serve(
 ) {
     let (stop_polling, polling) = watch::channel(false);
     gateway.router().spawn_pollers(polling.clone());
+    telemetry::spawn_pollers(
+        config.gateway.engine_sockets(&config.engine),
+        gateway.writer().clone(),
+        config.gateway.telemetry_poll_interval(),
+        config.gateway.engine_connect_timeout(),
+        polling.clone(),
+    );
     tokio::spawn(compact_periodically(
         Arc::clone(gateway.ledger()),
         retention(&config.ledger),

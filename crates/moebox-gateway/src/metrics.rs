@@ -269,6 +269,58 @@ impl Metrics {
     }
 }
 
+/// The cost gauges of `/metrics`, this month to date (UTC), from the cost model's report.
+/// Money in the config's currency (a label), energy in joules, as Prometheus prefers base
+/// units.
+pub fn render_costs(out: &mut String, report: &moebox_tco::Report) {
+    let currency = report.currency.code().replace(['"', '\\', '\n'], "");
+    let money = |m: moebox_tco::Money| m.micros() as f64 / 1e6;
+    let _ = writeln!(
+        out,
+        "# HELP moebox_energy_month_to_date_joules IT energy the GPUs (or CPU) used this \
+         month, from the hardware energy counters.\n\
+         # TYPE moebox_energy_month_to_date_joules gauge\n\
+         moebox_energy_month_to_date_joules {}",
+        report.energy_it.milliwatt_hours() as f64 * 3.6
+    );
+    let _ = writeln!(
+        out,
+        "# HELP moebox_cost_month_to_date The appliance's all-in cost this month: \
+         amortisation, fixed costs and energy.\n# TYPE moebox_cost_month_to_date gauge\n\
+         moebox_cost_month_to_date{{currency=\"{currency}\"}} {}",
+        money(report.total)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP moebox_idle_cost_month_to_date The part of this month's cost spent in hours \
+         without a request.\n# TYPE moebox_idle_cost_month_to_date gauge\n\
+         moebox_idle_cost_month_to_date{{currency=\"{currency}\"}} {}",
+        money(report.idle_cost)
+    );
+    if let Some(per_million) = report.cost_per_million_tokens {
+        let _ = writeln!(
+            out,
+            "# HELP moebox_cost_per_million_tokens This month's all-in cost per million \
+             tokens (prompt and completion).\n# TYPE moebox_cost_per_million_tokens gauge\n\
+             moebox_cost_per_million_tokens{{currency=\"{currency}\"}} {}",
+            money(per_million)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP moebox_alternative_cost_month_to_date What this month's tokens and hours would \
+         have cost on each alternative.\n# TYPE moebox_alternative_cost_month_to_date gauge"
+    );
+    for alternative in &report.alternatives {
+        let name = alternative.name.replace(['"', '\\', '\n'], "");
+        let _ = writeln!(
+            out,
+            "moebox_alternative_cost_month_to_date{{alternative=\"{name}\",currency=\"{currency}\"}} {}",
+            money(alternative.cost)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -177,6 +177,10 @@ impl Gateway {
         &self.router
     }
 
+    pub fn writer(&self) -> &UsageWriter {
+        &self.writer
+    }
+
     pub fn ledger(&self) -> &Arc<Ledger> {
         &self.ledger
     }
@@ -241,7 +245,7 @@ impl Gateway {
             "/metrics" => (Route::Metrics, {
                 match (self.authenticate(&request, true), method) {
                     (Err(error), _) => Err(error),
-                    (Ok(_), &Method::GET) => Ok(self.metrics_response()),
+                    (Ok(_), &Method::GET) => Ok(self.metrics_response().await),
                     (Ok(_), _) => Err(not_allowed("GET")),
                 }
             }),
@@ -517,9 +521,25 @@ impl Gateway {
         }
     }
 
-    fn metrics_response(&self) -> HttpResponse {
+    async fn metrics_response(&self) -> HttpResponse {
         let queued = self.limits.max_queued_requests - self.queue.available_permits();
-        let text = self.metrics.render(&self.router.statuses(), queued);
+        let mut text = self.metrics.render(&self.router.statuses(), queued);
+        let ledger = Arc::clone(&self.ledger);
+        let model = Arc::clone(&self.cost_model);
+        // The cost gauges come from the ledger and the cost model: off the async workers.
+        let costs = tokio::task::spawn_blocking(move || {
+            let now = UnixSeconds::now();
+            let today = crate::accounting::date_of(now)?;
+            crate::accounting::report(&ledger, &model, today.year_month().first_day(), today)
+                .map_err(|error| tracing::warn!(%error, "cost gauges unavailable"))
+                .ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(report) = costs {
+            crate::metrics::render_costs(&mut text, &report);
+        }
         let mut response = Response::new(GatewayBody::full(text));
         response.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -1481,6 +1481,17 @@ async fn admin_pages_sign_in_with_a_form_and_exports_agree_with_the_ledger() {
     assert_eq!(no_token.status, 403);
     assert_eq!(no_token.json()["error"]["code"], "csrf_token_mismatch");
 
+    // The cost gauges: this month's cost, and per million tokens now that tokens were used.
+    let metrics = gateway.request("GET", "/metrics", admin, None).await.text();
+    for gauge in [
+        "moebox_cost_month_to_date{currency=\"USD\"}",
+        "moebox_cost_per_million_tokens{currency=\"USD\"}",
+        "moebox_energy_month_to_date_joules",
+        "moebox_alternative_cost_month_to_date{alternative=",
+    ] {
+        assert!(metrics.contains(gauge), "{gauge} in\n{metrics}");
+    }
+
     // Signing out ends the session.
     let out = gateway
         .with_headers("GET", "/admin/logout", &[("cookie", &session)], Vec::new())

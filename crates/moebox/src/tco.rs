@@ -1,9 +1,9 @@
 //! `moebox tco report --config FILE [--from DATE] [--to DATE] [--format text|json|csv]`: the
 //! cost model's figures for a period, as the admin overview shows them.
 //!
-//! Today it reads only the config: the ledger's usage records and energy samples are not
-//! wired in yet, so tokens, requests and energy are zero and the output says so in a note (and
-//! on stderr), rather than showing made-up figures.
+//! Usage and energy come from the ledger (`ledger.database`), read the way the admin pages
+//! read it (`moebox_gateway::accounting`); without a database the measured figures are zero
+//! and the output says so in a note (and on stderr), rather than showing made-up figures.
 
 use std::{
     path::PathBuf,
@@ -13,11 +13,6 @@ use std::{
 use anyhow::Context;
 use moebox_config::Config;
 use moebox_tco::{Date, Measurements, format};
-
-/// Said in every report until the ledger feeds the model.
-const LEDGER_NOT_WIRED: &str = "moebox tco report does not read the ledger yet: usage (tokens, \
-     requests) and energy are zero here, not measured; costs from the config (depreciation, \
-     fixed costs) are real";
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TcoCommand {
@@ -73,10 +68,23 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         None => today()?,
     };
     let from = args.from.unwrap_or_else(|| to.year_month().first_day());
-    let mut report = moebox_tco::report(&config.tco, from, to, &Measurements::default())
-        .with_context(|| format!("cannot report on {from}..={to}"))?;
-    report.notes.insert(0, LEDGER_NOT_WIRED.to_owned());
-    eprintln!("moebox: note: {LEDGER_NOT_WIRED}");
+    let database = &config.ledger.database;
+    let report = if database.exists() {
+        let ledger = moebox_ledger::Ledger::open(database).context("ledger.database")?;
+        moebox_gateway::accounting::report(&ledger, &config.tco, from, to)
+            .with_context(|| format!("cannot report on {from}..={to}"))?
+    } else {
+        let mut report = moebox_tco::report(&config.tco, from, to, &Measurements::default())
+            .with_context(|| format!("cannot report on {from}..={to}"))?;
+        let note = format!(
+            "no ledger at {} (ledger.database): usage (tokens, requests) and energy are zero \
+             here, not measured; costs from the config (depreciation, fixed costs) are real",
+            database.display()
+        );
+        eprintln!("moebox: note: {note}");
+        report.notes.insert(0, note);
+        report
+    };
     let output = match args.format {
         ReportFormat::Text => format::text(&report),
         ReportFormat::Json => format::json(&report) + "\n",

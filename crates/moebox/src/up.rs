@@ -43,6 +43,8 @@ pub const ENGINE_RESTART_BACKOFF: Duration = Duration::from_millis(500);
 pub const MAX_ENGINE_RESTART_BACKOFF: Duration = Duration::from_secs(10);
 /// An engine that ran this long before exiting is restarted after the first backoff again.
 pub const ENGINE_HEALTHY_RUN: Duration = Duration::from_secs(30);
+/// Telemetry reaches the ledger (and the GPU page) sooner than in production.
+pub const UP_TELEMETRY_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// How often `up` checks whether it can print `ready`.
 pub const READY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest Unix socket path (sockaddr_un's sun_path, less its NUL).
@@ -186,6 +188,7 @@ fn up_config(model: &Path, data_dir: &Path, listen: &str) -> anyhow::Result<Conf
     config.gateway.tls_private_key = data_dir.join("tls/key.pem");
     config.gateway.engine_count = 1;
     config.gateway.engine_poll_interval_ms = UP_ENGINE_POLL_INTERVAL.as_millis() as u64;
+    config.gateway.telemetry_poll_interval_seconds = UP_TELEMETRY_POLL_INTERVAL.as_secs();
     Ok(config)
 }
 

@@ -42,8 +42,8 @@ fn report_in_every_format_shows_the_1200_a_month_and_says_usage_is_not_measured(
         "{stdout}"
     );
     assert!(stdout.contains("$1,350.00"), "total with hosting: {stdout}");
-    assert!(stdout.contains("does not read the ledger yet"), "{stdout}");
-    assert!(text(&output.stderr).contains("does not read the ledger yet"));
+    assert!(stdout.contains("no ledger at"), "{stdout}");
+    assert!(text(&output.stderr).contains("no ledger at"));
 
     let mut args = vec!["tco", "report", "--config", &path, "--format", "json"];
     args.extend_from_slice(&period);
@@ -107,4 +107,72 @@ fn config_check_names_the_tco_key_at_fault() {
         "{stderr}"
     );
     assert!(stderr.contains("between 1 and 240, got 0"), "{stderr}");
+}
+
+/// With a ledger, the report counts what it recorded: tokens, and the chargeback by team.
+#[test]
+fn report_reads_usage_from_the_ledger() {
+    use moebox_ledger::{Ledger, UnixMillis, UsageRecord};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = dir.path().join("moebox.sqlite");
+    let ledger = Ledger::open(&database).expect("ledger");
+    // 2026-03-10 12:00 UTC.
+    let at = UnixMillis(1_773_144_000_000);
+    let records: Vec<UsageRecord> = [("tax", 1_000, 3_000), ("audit", 500, 500)]
+        .iter()
+        .enumerate()
+        .map(|(i, (team, prompt, completion))| UsageRecord {
+            request_id: format!("r{i}"),
+            started_at: at,
+            ended_at: UnixMillis(at.0 + 900),
+            key_id: 1,
+            team: (*team).to_owned(),
+            model: "tiny-moe".into(),
+            endpoint: "/v1/chat/completions".into(),
+            prompt_tokens: *prompt,
+            completion_tokens: *completion,
+            time_to_first_token_ms: Some(40),
+            latency_ms: 900,
+            status: 200,
+            engine: Some("engine-0".into()),
+            finish_reason: Some("stop".into()),
+        })
+        .collect();
+    ledger.record_usage(&records).expect("records");
+    drop(ledger);
+    let path = dir.path().join("moebox.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[ledger]\ndatabase = {:?}\n",
+            database.display().to_string()
+        ),
+    )
+    .expect("config");
+    let path = path.to_str().expect("utf-8");
+    let output = moebox(&[
+        "tco",
+        "report",
+        "--config",
+        path,
+        "--from",
+        "2026-03-01",
+        "--to",
+        "2026-03-31",
+        "--format",
+        "json",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(json["input_tokens"], 1_500);
+    assert_eq!(json["output_tokens"], 3_500);
+    assert_eq!(json["requests"], 2);
+    let teams: Vec<&str> = json["chargeback"]
+        .as_array()
+        .expect("chargeback")
+        .iter()
+        .filter_map(|c| c["team"].as_str())
+        .collect();
+    assert!(teams.contains(&"tax") && teams.contains(&"audit"), "{json}");
+    assert!(!text(&output.stderr).contains("no ledger"));
 }
