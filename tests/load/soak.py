@@ -287,14 +287,16 @@ class Connection:
 
 def make_prompt(rng: random.Random) -> tuple[str, str]:
     size = rng.random()
-    # The fixture holds 512 tokens per request (prompt, chat template and completion); its
-    # tokenizer spends about 4.6 tokens per word of this vocabulary.
+    # The fixture holds 512 tokens per request (prompt, chat template and completion); with
+    # its tokenizer and template this vocabulary costs up to 5.5 tokens a word (80 words made
+    # 438 prompt tokens), so the longest prompt (65 words, about 360 tokens) plus the largest
+    # `max_tokens` (96) stays inside it.
     if size < 0.5:
         label, words = "short", rng.randint(3, 10)
     elif size < 0.85:
         label, words = "medium", rng.randint(20, 40)
     else:
-        label, words = "long", rng.randint(60, 80)
+        label, words = "long", rng.randint(50, 65)
     return label, " ".join(rng.choice(WORDS) for _ in range(words))
 
 
@@ -501,15 +503,34 @@ async def burst_loop(
 # --- processes and memory ----------------------------------------------------------------
 
 
-def rss_kib(pid: int) -> int | None:
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and its parts (RssAnon: heap, including SQLite's page cache; RssFile: mapped
+    files such as the binary's own pages) from /proc/PID/status."""
+    out = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+                name = line.split(":", 1)[0]
+                if name in ("VmRSS", "RssAnon", "RssFile"):
+                    out[name] = int(line.split()[1])
     except OSError:
-        return None
-    return None
+        pass
+    return out
+
+
+def rss_kib(pid: int) -> int | None:
+    return memory_kib(pid).get("VmRSS")
+
+
+def ledger_kib(database: Path) -> int:
+    """The ledger's size on disk: the database and its WAL."""
+    total = 0
+    for suffix in ("", "-wal"):
+        try:
+            total += os.stat(f"{database}{suffix}").st_size
+        except OSError:
+            pass
+    return total // 1024
 
 
 def engine_pid(parent: int) -> int | None:
@@ -543,20 +564,28 @@ def cpu_seconds() -> float:
 class Sample:
     t: float
     gateway_kib: int | None
+    gateway_anon_kib: int | None
+    gateway_file_kib: int | None
     engine_kib: int | None
     engine_pid: int | None
+    ledger_kib: int
     load1: float
 
 
-async def sampler(up_pid: int, t0: float, samples: list, interval: float, stop: asyncio.Event) -> None:
+async def sampler(up_pid: int, database: Path, t0: float, samples: list, interval: float,
+                  stop: asyncio.Event) -> None:
     while not stop.is_set():
         epid = engine_pid(up_pid)
+        gateway = memory_kib(up_pid)
         samples.append(
             Sample(
                 round(time.monotonic() - t0, 2),
-                rss_kib(up_pid),
+                gateway.get("VmRSS"),
+                gateway.get("RssAnon"),
+                gateway.get("RssFile"),
                 rss_kib(epid) if epid else None,
                 epid,
+                ledger_kib(database),
                 os.getloadavg()[0],
             )
         )
@@ -744,7 +773,7 @@ async def drive(args, stats: Stats, url: str, model: str, user_keys: list[str], 
     stats.started = start
     stop_sampling = asyncio.Event()
     sampling = asyncio.create_task(
-        sampler(up_pid, t0, samples, args.sample_interval, stop_sampling)
+        sampler(up_pid, args.database, t0, samples, args.sample_interval, stop_sampling)
     )
     tasks = [
         asyncio.create_task(
@@ -891,6 +920,7 @@ def main(argv: list[str]) -> int:
               f"{key_count} keys, burst key at {args.burst_rpm} rpm, {args.duration:.0f} s "
               f"(warm-up {args.warmup:.0f} s), data in {data_dir}", flush=True)
 
+        args.database = data_dir / "moebox.sqlite"
         stats = Stats()
         samples: list[Sample] = []
         cpu0 = cpu_seconds()
@@ -952,14 +982,27 @@ def main(argv: list[str]) -> int:
                 "gateway_rss": memory_report(
                     [(s.t, s.gateway_kib) for s in samples if s.gateway_kib], warm_rel,
                     args.memory_window),
+                "gateway_rss_anon": memory_report(
+                    [(s.t, s.gateway_anon_kib) for s in samples if s.gateway_anon_kib], warm_rel,
+                    args.memory_window),
+                "gateway_rss_file": memory_report(
+                    [(s.t, s.gateway_file_kib) for s in samples if s.gateway_file_kib], warm_rel,
+                    args.memory_window),
+                "ledger_on_disk": memory_report(
+                    [(s.t, s.ledger_kib) for s in samples if s.ledger_kib], warm_rel,
+                    args.memory_window),
                 "engine_rss": memory_report(
                     [(s.t, s.engine_kib) for s in samples if s.engine_kib], warm_rel,
                     args.memory_window),
                 "engine_pids": sorted(engine_pids),
                 "ledger": ledger,
                 "export": export,
-                "rss_samples": [
-                    [s.t, s.gateway_kib, s.engine_kib, round(s.load1, 2)] for s in samples
+                "samples_columns": ["t_s", "gateway_rss_kib", "gateway_anon_kib",
+                                    "gateway_file_kib", "engine_rss_kib", "ledger_kib", "load1"],
+                "samples": [
+                    [s.t, s.gateway_kib, s.gateway_anon_kib, s.gateway_file_kib, s.engine_kib,
+                     s.ledger_kib, round(s.load1, 2)]
+                    for s in samples
                 ],
             }
         )
@@ -1090,6 +1133,9 @@ def print_report(r: dict) -> None:
     for example in r["error_examples"][:5]:
         print(f"  e.g. {example}")
     print(f"gateway RSS {mem('gateway_rss')}")
+    print(f"  of which anonymous {mem('gateway_rss_anon')}")
+    print(f"  of which file-backed {mem('gateway_rss_file')}")
+    print(f"ledger on disk (database + WAL) {mem('ledger_on_disk')}")
     print(f"engine RSS  {mem('engine_rss')}")
     print(f"gateway idle RSS {r.get('gateway_idle_rss_mb_before')} MB before load, "
           f"{r.get('gateway_idle_rss_mb_after')} MB after")
