@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use moebox_ledger::{Ledger, LedgerError, Step, UnixSeconds, UsageFilter};
+use moebox_ledger::{
+    AmortisationMethod, AssetRow, Ledger, LedgerError, Step, UnixSeconds, UsageFilter,
+};
 use moebox_tco::{
-    CostModel, Date, Energy, HourUsage, Measurements, Report, ReportError, TeamTokens,
+    CostModel, Date, Energy, HourUsage, Measurements, Method, Report, ReportError, TeamTokens,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +95,67 @@ pub fn report(
     Ok(moebox_tco::report(model, from, to, &measured)?)
 }
 
+/// The configured assets as the ledger's register keeps them (minor units of the currency).
+pub fn asset_rows(model: &CostModel) -> Vec<AssetRow> {
+    let minor = model.currency.minor_unit_micros().max(1);
+    model
+        .assets
+        .iter()
+        .map(|asset| AssetRow {
+            name: asset.name.clone(),
+            purchase_price_minor: asset.purchase_price.micros() / minor,
+            currency: model.currency.code().to_owned(),
+            purchase_date: asset.purchase_date.to_string(),
+            amortisation_months: asset.amortisation_months,
+            residual_value_minor: asset.residual_value.micros() / minor,
+            method: match asset.method() {
+                Method::StraightLine => AmortisationMethod::StraightLine,
+                Method::DecliningBalance { factor } => AmortisationMethod::DecliningBalance {
+                    factor_micros: factor.micros(),
+                },
+            },
+        })
+        .collect()
+}
+
+/// Records the configured assets in the ledger's register (history kept: a changed or
+/// removed asset is retired, not deleted). The gateway calls it at start.
+pub fn sync_assets(ledger: &Ledger, model: &CostModel) -> Result<(), LedgerError> {
+    let sync = ledger.sync_assets(&asset_rows(model), UnixSeconds::now())?;
+    tracing::info!(?sync, "asset register synced with tco.assets");
+    Ok(())
+}
+
 /// The UTC day of a Unix time (`None` past the year 9999).
 pub fn date_of(now: UnixSeconds) -> Option<Date> {
     Date::from_unix_seconds(now.0).map(|(date, _)| date)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_assets_reach_the_register_in_minor_units() {
+        let ledger = Ledger::open_in_memory().expect("ledger");
+        let model = CostModel::default();
+        sync_assets(&ledger, &model).expect("synced");
+        let assets = ledger.assets_at(UnixSeconds::now()).expect("register");
+        assert_eq!(assets.len(), 1);
+        let row = &assets[0];
+        assert!(format!("{row:?}").contains("2880000"), "{row:?}");
+        // Syncing the same config again changes nothing.
+        sync_assets(&ledger, &model).expect("synced again");
+        assert_eq!(ledger.asset_history().expect("history").len(), 1);
+    }
+
+    #[test]
+    fn an_empty_ledger_reports_zero_usage_and_the_configured_costs() {
+        let ledger = Ledger::open_in_memory().expect("ledger");
+        let from = Date::parse("2026-03-01").expect("date");
+        let to = Date::parse("2026-03-31").expect("date");
+        let report = report(&ledger, &CostModel::default(), from, to).expect("report");
+        assert_eq!(report.tokens(), 0);
+        assert_eq!(report.depreciation.display(&report.currency), "$1,200.00");
+    }
 }

@@ -82,6 +82,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_polling, polling) = watch::channel(false);
+    if let Err(error) = accounting::sync_assets(gateway.ledger(), &config.tco) {
+        // The pages still work from the config; only the register's history misses a step.
+        tracing::error!(%error, "cannot record tco.assets in the ledger's asset register");
+    }
     gateway.router().spawn_pollers(polling.clone());
     telemetry::spawn_pollers(
         config.gateway.engine_sockets(&config.engine),
