@@ -73,11 +73,40 @@ pub const DEFAULT_MIN_POWER_LIMIT_PERCENT: u32 = 90;
 /// `ledger.database`: the SQLite database of keys, usage and telemetry.
 pub const DEFAULT_LEDGER_DATABASE: &str = "/var/lib/moebox/moebox.sqlite";
 
-/// `gateway.listen`: where the OpenAI API is served. Loopback until TLS lands: plaintext is
-/// refused on any other address unless `gateway.insecure_plaintext` says otherwise.
+/// `gateway.listen`: where the OpenAI API is served, unless systemd passes the listening
+/// socket (socket activation: `moebox-gateway.socket` on port 443).
 pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:8080";
+/// `gateway.tls`: serve HTTPS. Plaintext (`tls = false`) is allowed on loopback, and elsewhere
+/// only with `gateway.insecure_plaintext = true`.
+pub const DEFAULT_GATEWAY_TLS: bool = true;
 /// `gateway.insecure_plaintext`: serve plaintext HTTP on a non-loopback address.
 pub const DEFAULT_GATEWAY_INSECURE_PLAINTEXT: bool = false;
+/// `gateway.tls_certificate`: the PEM certificate chain, leaf first.
+pub const DEFAULT_GATEWAY_TLS_CERTIFICATE: &str = "/var/lib/moebox/tls/cert.pem";
+/// `gateway.tls_private_key`: the PEM private key (PKCS#8, PKCS#1 or SEC1), mode 0600.
+pub const DEFAULT_GATEWAY_TLS_PRIVATE_KEY: &str = "/var/lib/moebox/tls/key.pem";
+/// `gateway.tls_self_signed`: when neither file exists (first boot), generate a self-signed
+/// pair there, for the host's names and `gateway.tls_names`.
+pub const DEFAULT_GATEWAY_TLS_SELF_SIGNED: bool = true;
+/// `gateway.tls_handshake_timeout_seconds`: a client must finish the TLS handshake within this.
+pub const DEFAULT_GATEWAY_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `gateway.idle_timeout_seconds`: a connection with no request in flight for this long is
+/// closed (HTTP/1 keep-alive and HTTP/2 alike; nginx uses 75 s, OpenAI's SDKs keep idle
+/// connections 5 s).
+pub const DEFAULT_GATEWAY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `gateway.max_prompt_tokens`: longest prompt one request may send, in tokens (the engine
+/// counts them); 0 leaves only the engine's context limit.
+pub const DEFAULT_GATEWAY_MAX_PROMPT_TOKENS: u32 = 0;
+/// `gateway.max_output_tokens`: largest `max_tokens` one request may ask for; 0 leaves only
+/// the engine's context limit.
+pub const DEFAULT_GATEWAY_MAX_OUTPUT_TOKENS: u32 = 0;
+/// `gateway.auth_failures_per_minute`: failed key checks one client address (an IPv6 /64)
+/// may make per minute, in a burst of as many, before it gets 429 until the bucket refills.
+/// Other clients are never affected.
+pub const DEFAULT_GATEWAY_AUTH_FAILURES_PER_MINUTE: u32 = 10;
+/// Client addresses the auth-failure table remembers; beyond it the least recently failing
+/// are forgotten, so a spray of addresses cannot grow memory.
+pub const DEFAULT_GATEWAY_AUTH_FAILURE_CLIENTS: usize = 16_384;
 /// `gateway.engine_count`: engines at `engine.socket` for GPUs `0..engine_count`, when
 /// `gateway.engines` lists none; one per GPU.
 pub const DEFAULT_GATEWAY_ENGINE_COUNT: u32 = DEFAULT_EXPECTED_GPUS;
@@ -302,7 +331,23 @@ impl Default for LedgerConfig {
 pub struct GatewayConfig {
     /// `ADDRESS:PORT`.
     pub listen: String,
+    pub tls: bool,
     pub insecure_plaintext: bool,
+    pub tls_certificate: PathBuf,
+    pub tls_private_key: PathBuf,
+    pub tls_self_signed: bool,
+    /// Extra DNS names or IP addresses for a generated certificate (the host name,
+    /// `localhost` and the loopback addresses are always in it).
+    pub tls_names: Vec<String>,
+    pub tls_handshake_timeout_seconds: u64,
+    /// Client networks allowed to connect (`10.0.0.0/8`, `2001:db8::/32`, a single address);
+    /// empty: every client. Others are disconnected at accept, before any byte is read.
+    pub allowed_clients: Vec<ClientNetwork>,
+    pub idle_timeout_seconds: u64,
+    pub max_prompt_tokens: u32,
+    pub max_output_tokens: u32,
+    pub auth_failures_per_minute: u32,
+    pub auth_failure_clients: usize,
     /// Engine sockets, explicitly. Empty: `engine.socket` for GPUs `0..engine_count`.
     pub engines: Vec<PathBuf>,
     pub engine_count: u32,
@@ -326,7 +371,19 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_GATEWAY_LISTEN.to_owned(),
+            tls: DEFAULT_GATEWAY_TLS,
             insecure_plaintext: DEFAULT_GATEWAY_INSECURE_PLAINTEXT,
+            tls_certificate: PathBuf::from(DEFAULT_GATEWAY_TLS_CERTIFICATE),
+            tls_private_key: PathBuf::from(DEFAULT_GATEWAY_TLS_PRIVATE_KEY),
+            tls_self_signed: DEFAULT_GATEWAY_TLS_SELF_SIGNED,
+            tls_names: Vec::new(),
+            tls_handshake_timeout_seconds: DEFAULT_GATEWAY_TLS_HANDSHAKE_TIMEOUT.as_secs(),
+            allowed_clients: Vec::new(),
+            idle_timeout_seconds: DEFAULT_GATEWAY_IDLE_TIMEOUT.as_secs(),
+            max_prompt_tokens: DEFAULT_GATEWAY_MAX_PROMPT_TOKENS,
+            max_output_tokens: DEFAULT_GATEWAY_MAX_OUTPUT_TOKENS,
+            auth_failures_per_minute: DEFAULT_GATEWAY_AUTH_FAILURES_PER_MINUTE,
+            auth_failure_clients: DEFAULT_GATEWAY_AUTH_FAILURE_CLIENTS,
             engines: Vec::new(),
             engine_count: DEFAULT_GATEWAY_ENGINE_COUNT,
             engine_poll_interval_ms: millis(DEFAULT_GATEWAY_ENGINE_POLL_INTERVAL),
@@ -376,6 +433,30 @@ impl GatewayConfig {
         Duration::from_millis(self.engine_connect_timeout_ms)
     }
 
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.tls_handshake_timeout_seconds)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_seconds)
+    }
+
+    /// Whether a connection from `peer` may be served (`allowed_clients`).
+    pub fn client_allowed(&self, peer: std::net::IpAddr) -> bool {
+        self.allowed_clients.is_empty()
+            || self
+                .allowed_clients
+                .iter()
+                .any(|network| network.contains(peer))
+    }
+
+    /// Whether the configured transport may be served on `address`: TLS anywhere, plaintext
+    /// on loopback or when asked for by name. Also checked at run time for a socket handed
+    /// over by systemd, whose address the file does not say.
+    pub fn transport_allowed_on(&self, address: SocketAddr) -> bool {
+        self.tls || address.ip().is_loopback() || self.insecure_plaintext
+    }
+
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_secs(self.header_read_timeout_seconds)
     }
@@ -390,6 +471,78 @@ impl GatewayConfig {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_seconds)
+    }
+}
+
+/// A client network in `gateway.allowed_clients`: `ADDRESS/PREFIX`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClientNetwork {
+    address: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl ClientNetwork {
+    /// Whether `peer` is in this network. An IPv4 client reaching a dual-stack socket shows
+    /// as `::ffff:a.b.c.d` and matches IPv4 networks.
+    pub fn contains(&self, peer: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.address, peer) {
+            (IpAddr::V4(network), IpAddr::V4(peer)) => {
+                prefix_matches(&network.octets(), &peer.octets(), self.prefix)
+            }
+            (IpAddr::V6(network), IpAddr::V6(peer)) => {
+                prefix_matches(&network.octets(), &peer.octets(), self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn prefix_matches(network: &[u8], peer: &[u8], prefix: u8) -> bool {
+    let whole = usize::from(prefix / 8);
+    let rest = prefix % 8;
+    if network[..whole] != peer[..whole] {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    network[whole] & mask == peer[whole] & mask
+}
+
+impl TryFrom<String> for ClientNetwork {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text.as_str(), None),
+        };
+        let address: std::net::IpAddr = address.parse().map_err(|_| {
+            format!("must be ADDRESS/PREFIX such as 10.0.0.0/8 or 2001:db8::/32, got {text:?}")
+        })?;
+        let bits = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(prefix) => prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= bits)
+                .ok_or_else(|| format!("the prefix of {text:?} must be 0 to {bits}"))?,
+        };
+        Ok(Self { address, prefix })
+    }
+}
+
+impl From<ClientNetwork> for String {
+    fn from(network: ClientNetwork) -> Self {
+        format!("{}/{}", network.address, network.prefix)
     }
 }
 
@@ -537,15 +690,53 @@ impl Config {
                 ),
             ));
         };
-        // TLS is not served yet: plaintext leaves the machine only when asked for by name.
-        if !listen.ip().is_loopback() && !gateway.insecure_plaintext {
+        // Plaintext leaves the machine only when asked for by name.
+        if !gateway.transport_allowed_on(listen) {
             return Err(invalid(
-                "gateway.listen",
+                "gateway.tls",
                 format!(
-                    "{listen} is not a loopback address, and the gateway serves plaintext HTTP: \
-                     listen on 127.0.0.1 or ::1, or set gateway.insecure_plaintext = true"
+                    "plaintext HTTP on {listen}, which is not a loopback address: set \
+                     gateway.tls = true, listen on 127.0.0.1 or ::1, or set \
+                     gateway.insecure_plaintext = true"
                 ),
             ));
+        }
+        if gateway.tls {
+            for (key, path) in [
+                ("gateway.tls_certificate", &gateway.tls_certificate),
+                ("gateway.tls_private_key", &gateway.tls_private_key),
+            ] {
+                if !path.is_absolute() {
+                    return Err(invalid(
+                        key,
+                        format!("must be an absolute path, got {:?}", path.display()),
+                    ));
+                }
+            }
+            if gateway.tls_certificate == gateway.tls_private_key {
+                return Err(invalid(
+                    "gateway.tls_private_key",
+                    "must not be the same file as gateway.tls_certificate".to_owned(),
+                ));
+            }
+        }
+        for (index, name) in gateway.tls_names.iter().enumerate() {
+            let valid = name.parse::<std::net::IpAddr>().is_ok()
+                || (!name.is_empty()
+                    && name.len() <= 253
+                    && name.split('.').all(|label| {
+                        !label.is_empty()
+                            && label.len() <= 63
+                            && label
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
+                    }));
+            if !valid {
+                return Err(invalid(
+                    &format!("gateway.tls_names[{index}]"),
+                    format!("must be a DNS name or an IP address, got {name:?}"),
+                ));
+            }
         }
         for (index, socket) in gateway.engines.iter().enumerate() {
             if !socket.is_absolute() {
@@ -600,6 +791,19 @@ impl Config {
             (
                 "gateway.retry_after_seconds",
                 u64::from(gateway.retry_after_seconds),
+            ),
+            (
+                "gateway.tls_handshake_timeout_seconds",
+                gateway.tls_handshake_timeout_seconds,
+            ),
+            ("gateway.idle_timeout_seconds", gateway.idle_timeout_seconds),
+            (
+                "gateway.auth_failures_per_minute",
+                u64::from(gateway.auth_failures_per_minute),
+            ),
+            (
+                "gateway.auth_failure_clients",
+                gateway.auth_failure_clients as u64,
             ),
         ] {
             if value == 0 {
@@ -844,17 +1048,80 @@ mod tests {
 
     #[test]
     fn plaintext_off_loopback_needs_the_explicit_key() {
-        let err = Config::from_toml_str("[gateway]\nlisten = \"0.0.0.0:8080\"\n", "<test>")
-            .expect_err("plaintext on every interface");
-        assert_eq!(err.key(), Some("gateway.listen"));
+        Config::from_toml_str("[gateway]\nlisten = \"0.0.0.0:443\"\n", "<test>")
+            .expect("TLS on every interface is the default");
+        let err = Config::from_toml_str(
+            "[gateway]\nlisten = \"0.0.0.0:8080\"\ntls = false\n",
+            "<test>",
+        )
+        .expect_err("plaintext on every interface");
+        assert_eq!(err.key(), Some("gateway.tls"));
         assert!(err.to_string().contains("insecure_plaintext"), "{err}");
         Config::from_toml_str(
-            "[gateway]\nlisten = \"0.0.0.0:8080\"\ninsecure_plaintext = true\n",
+            "[gateway]\nlisten = \"0.0.0.0:8080\"\ntls = false\ninsecure_plaintext = true\n",
             "<test>",
         )
         .expect("asked for by name");
-        Config::from_toml_str("[gateway]\nlisten = \"[::1]:8080\"\n", "<test>")
-            .expect("IPv6 loopback");
+        Config::from_toml_str(
+            "[gateway]\nlisten = \"[::1]:8080\"\ntls = false\n",
+            "<test>",
+        )
+        .expect("IPv6 loopback");
+    }
+
+    #[test]
+    fn client_networks_parse_and_match() {
+        let config = Config::from_toml_str(
+            "[gateway]\nallowed_clients = [\"10.1.0.0/16\", \"192.168.7.9\", \"2001:db8::/32\"]\n",
+            "<test>",
+        )
+        .expect("valid networks");
+        let gateway = &config.gateway;
+        for (peer, allowed) in [
+            ("10.1.200.3", true),
+            ("10.2.0.1", false),
+            ("192.168.7.9", true),
+            ("192.168.7.10", false),
+            ("::ffff:10.1.0.1", true),
+            ("2001:db8:ffff::1", true),
+            ("2001:db9::1", false),
+        ] {
+            assert_eq!(
+                gateway.client_allowed(peer.parse().expect("address")),
+                allowed,
+                "{peer}"
+            );
+        }
+        assert!(
+            Config::default()
+                .gateway
+                .client_allowed("203.0.113.5".parse().expect("ip"))
+        );
+        let odd = ClientNetwork::try_from("10.0.0.0/12".to_owned()).expect("valid");
+        assert!(odd.contains("10.15.255.255".parse().expect("ip")));
+        assert!(!odd.contains("10.16.0.0".parse().expect("ip")));
+        for (text, key) in [
+            (
+                "[gateway]\nallowed_clients = [\"10.0.0.0/33\"]\n",
+                "gateway.allowed_clients[0]",
+            ),
+            (
+                "[gateway]\nallowed_clients = [\"intranet\"]\n",
+                "gateway.allowed_clients[0]",
+            ),
+            ("[gateway]\ntls_names = [\"a b\"]\n", "gateway.tls_names[0]"),
+            (
+                "[gateway]\ntls_certificate = \"cert.pem\"\n",
+                "gateway.tls_certificate",
+            ),
+            (
+                "[gateway]\nidle_timeout_seconds = 0\n",
+                "gateway.idle_timeout_seconds",
+            ),
+        ] {
+            let err = Config::from_toml_str(text, "<test>").expect_err(text);
+            assert_eq!(err.key(), Some(key), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub struct Metrics {
     generations_in_flight: AtomicI64,
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
+    connections_refused: AtomicU64,
+    tls_handshake_failures: AtomicU64,
 }
 
 /// Counts one generation as in flight while it lives.
@@ -41,6 +43,15 @@ impl Metrics {
             .fetch_add(u64::from(prompt), Ordering::Relaxed);
         self.completion_tokens
             .fetch_add(u64::from(completion), Ordering::Relaxed);
+    }
+
+    /// A connection from outside `gateway.allowed_clients`, closed at accept.
+    pub fn record_connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_tls_handshake_failure(&self) {
+        self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn in_flight(&self) -> InFlight<'_> {
@@ -84,6 +95,18 @@ impl Metrics {
                 "Completion tokens of finished generations.",
                 "counter",
                 self.completion_tokens.load(Ordering::Relaxed),
+            ),
+            (
+                "moebox_gateway_connections_refused_total",
+                "Connections closed at accept: the client is not in gateway.allowed_clients.",
+                "counter",
+                self.connections_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "moebox_gateway_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out.",
+                "counter",
+                self.tls_handshake_failures.load(Ordering::Relaxed),
             ),
         ] {
             let _ = writeln!(

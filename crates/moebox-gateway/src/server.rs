@@ -1,20 +1,32 @@
-//! The listener: accepts connections up to `gateway.max_connections`, serves HTTP/1.1 and
-//! HTTP/2 (hyper-util's auto builder picks by the client's preface) with the configured
-//! bounds, and shuts down gracefully. Plaintext for now; TLS (rustls, a first-boot
-//! self-signed pair) wraps the accepted stream here next, which is why the config refuses
-//! plaintext off loopback unless `gateway.insecure_plaintext` is set.
+//! The listener: accepts connections up to `gateway.max_connections` from the networks in
+//! `gateway.allowed_clients`, secures them with TLS (`tls`) unless plaintext was asked for,
+//! serves HTTP/1.1 and HTTP/2 (hyper-util's auto builder picks by the client's preface) with
+//! the configured bounds, closes connections idle for `gateway.idle_timeout_seconds`, and
+//! shuts down gracefully.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
-use hyper::service::service_fn;
+use hyper::{body::Body, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
 use moebox_config::GatewayConfig;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
 
-use crate::service::Gateway;
+use crate::{body::GatewayBody, service::Gateway};
 
 /// Pause after a failed `accept` (out of file descriptors, say), so the loop does not spin.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -63,17 +75,36 @@ pub fn connection_builder(config: &GatewayConfig) -> auto::Builder<TokioExecutor
     builder
 }
 
-/// Serves `listener` until `shutdown` resolves, then stops accepting and lets open
-/// connections finish for up to `config.shutdown_grace_seconds`.
+/// How the accepted connections are secured.
+#[derive(Clone)]
+pub enum Transport {
+    Plaintext,
+    Tls(tokio_rustls::TlsAcceptor),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Plaintext => "Plaintext",
+            Self::Tls(_) => "Tls",
+        })
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then stops accepting, asks every connection
+/// to finish (HTTP/2 GOAWAY, HTTP/1 close after the response in flight) and waits for them
+/// for up to `config.shutdown_grace_seconds`.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
+    transport: Transport,
     config: &GatewayConfig,
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = Arc::new(connection_builder(config));
     let connections = Arc::new(Semaphore::new(config.max_connections));
-    let graceful = GracefulShutdown::new();
+    let (draining, drain_signal) = watch::channel(false);
+    let config = Arc::new(config.clone());
     tokio::pin!(shutdown);
     loop {
         // Wait for a free connection slot before accepting: beyond the limit, connections
@@ -97,19 +128,49 @@ pub async fn serve(
                 continue;
             }
         };
+        if !config.client_allowed(peer.ip()) {
+            // Closed before a byte is read: a refused network learns nothing about the server.
+            gateway.metrics().record_connection_refused();
+            tracing::debug!(%peer, "client not in gateway.allowed_clients; connection closed");
+            continue;
+        }
         let _ = stream.set_nodelay(true);
-        let gateway = Arc::clone(&gateway);
-        let builder = Arc::clone(&builder);
-        let watcher = graceful.watcher();
+        let connection = Connection {
+            gateway: Arc::clone(&gateway),
+            builder: Arc::clone(&builder),
+            drain: drain_signal.clone(),
+            idle_timeout: config.idle_timeout(),
+            peer,
+        };
+        let transport = transport.clone();
+        let handshake_timeout = config.tls_handshake_timeout();
         tokio::spawn(async move {
             let _permit = permit;
-            serve_connection(gateway, builder, watcher, stream, peer).await;
+            match transport {
+                Transport::Plaintext => connection.serve(stream).await,
+                Transport::Tls(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => connection.serve(tls).await,
+                        Ok(Err(error)) => {
+                            connection.gateway.metrics().record_tls_handshake_failure();
+                            tracing::debug!(peer = %connection.peer, %error, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            connection.gateway.metrics().record_tls_handshake_failure();
+                            tracing::debug!(peer = %connection.peer, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
         });
     }
     drop(listener);
+    let open = config.max_connections - connections.available_permits();
+    tracing::info!(connections = open, "gateway draining");
+    let _ = draining.send(true);
+    let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
     let grace = config.shutdown_grace();
-    tracing::info!(connections = graceful.count(), "gateway draining");
-    if tokio::time::timeout(grace, graceful.shutdown())
+    if tokio::time::timeout(grace, connections.acquire_many(all))
         .await
         .is_err()
     {
@@ -120,21 +181,134 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(
+/// One accepted connection and what it needs to be served.
+struct Connection {
     gateway: Arc<Gateway>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: hyper_util::server::graceful::Watcher,
-    stream: tokio::net::TcpStream,
+    drain: watch::Receiver<bool>,
+    idle_timeout: Duration,
     peer: SocketAddr,
-) {
-    let service = service_fn(move |request| {
-        let gateway = Arc::clone(&gateway);
-        async move { Ok::<_, Infallible>(gateway.handle(request).await) }
-    });
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    if let Err(error) = watcher.watch(connection).await {
-        // Malformed requests, timeouts and resets land here; hyper has already answered
-        // what it could (400, 408, 431). The peer's address is all that is logged.
-        tracing::debug!(%peer, %error, "connection ended with an error");
+}
+
+impl Connection {
+    async fn serve<I>(mut self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::default());
+        let gateway = Arc::clone(&self.gateway);
+        let requests = Arc::clone(&activity);
+        let service = service_fn(move |request| {
+            let gateway = Arc::clone(&gateway);
+            let guard = requests.begin();
+            async move {
+                let response = gateway.handle(request).await;
+                // The request counts as active until its body (a stream, maybe) is done.
+                Ok::<_, Infallible>(response.map(|body| InFlightBody {
+                    body,
+                    _guard: guard,
+                }))
+            }
+        });
+        let connection = self.builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        // Malformed requests, timeouts and resets land here; hyper has already
+                        // answered what it could (400, 408, 431). The peer's address is all
+                        // that is logged.
+                        tracing::debug!(peer = %self.peer, %error, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = self.drain.changed(), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = activity.idle(self.idle_timeout), if !closing => {
+                    tracing::debug!(peer = %self.peer, "idle connection closed");
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection, and since when it has had none.
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> ActiveRequest {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        ActiveRequest(Arc::clone(self))
+    }
+
+    /// Resolves once the connection has had no request in flight for `timeout`.
+    async fn idle(&self, timeout: Duration) {
+        loop {
+            let since = *self.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+            let idle_for = since.elapsed();
+            if self.in_flight.load(Ordering::Relaxed) == 0 && idle_for >= timeout {
+                return;
+            }
+            tokio::time::sleep(timeout.saturating_sub(idle_for).max(IDLE_RECHECK)).await;
+        }
+    }
+}
+
+/// The shortest pause between idle checks of a busy connection.
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct ActiveRequest(Arc<Activity>);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until hyper drops it.
+#[derive(Debug)]
+pub struct InFlightBody {
+    body: GatewayBody,
+    _guard: ActiveRequest,
+}
+
+impl Body for InFlightBody {
+    type Data = bytes::Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }

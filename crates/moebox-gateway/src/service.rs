@@ -138,6 +138,10 @@ impl Gateway {
         &self.router
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     fn request_id(&self) -> String {
         let counter = self.next_id.fetch_add(1, Ordering::Relaxed);
         format!("{:08x}{counter:012x}", self.id_prefix)

@@ -702,3 +702,74 @@ async fn quiet_streams_get_keepalive_comments_and_deadlines_cut_generations() {
     }
     panic!("the engine never saw the cut streams close");
 }
+
+#[tokio::test]
+async fn clients_outside_the_allowlist_are_closed_at_accept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |config| {
+        config.gateway.allowed_clients =
+            vec![moebox_config::ClientNetwork::try_from("10.0.0.0/8".to_owned()).expect("network")];
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(gateway.address)
+        .await
+        .expect("connect");
+    let _ = stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    let metrics = gateway.gateway.metrics().render(&[]);
+    assert!(
+        metrics.contains("moebox_gateway_connections_refused_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_but_busy_ones_are_not() {
+    use http_body_util::{BodyExt, Full};
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Tokens 600 ms apart: a stream quieter than the idle timeout between chunks, and longer
+    // than it in all.
+    let engine = FakeEngine::start(dir.path(), "e0", Behaviour::Tokens(vec!["a", "b", "c"])).await;
+    *engine.token_delay.lock().expect("lock") = Duration::from_millis(600);
+    let gateway = TestGateway::start(&[&engine], |config| {
+        config.gateway.idle_timeout_seconds = 1;
+        config.gateway.sse_keepalive_seconds = 60;
+    })
+    .await;
+    let stream = tokio::net::TcpStream::connect(gateway.address)
+        .await
+        .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    let connection = tokio::spawn(connection);
+    let mut body = chat_body("hi");
+    body["stream"] = true.into();
+    let request = hyper::Request::post("/v1/chat/completions")
+        .header("host", "x")
+        .header("authorization", format!("Bearer {}", gateway.user_key))
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let text = response
+        .into_body()
+        .collect()
+        .await
+        .expect("whole stream")
+        .to_bytes();
+    assert!(
+        String::from_utf8_lossy(&text).ends_with("data: [DONE]\n\n"),
+        "the busy connection was cut: {}",
+        String::from_utf8_lossy(&text)
+    );
+    // Now idle: the server closes it after the timeout.
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(closed.is_ok(), "the idle connection stayed open");
+}

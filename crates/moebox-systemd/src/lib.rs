@@ -1,6 +1,7 @@
-//! The service manager protocol (`sd_notify`) and the watchdog, with the standard library only.
+//! The service manager protocol (`sd_notify`), the watchdog and socket activation, with the
+//! standard library (no libsystemd to load).
 //!
-//! systemd tells a `Type=notify` service where to report through three environment variables:
+//! systemd tells a `Type=notify` service where to report through environment variables:
 //! `NOTIFY_SOCKET` (a Unix datagram socket: a path, or `@name` in the abstract namespace),
 //! `WATCHDOG_USEC` (ping at least this often) and `WATCHDOG_PID` (whom the watchdog is for).
 //! [`SystemdEnv::from_process`] reads them once, at start, in the binary; everything else takes
@@ -10,7 +11,10 @@
 //! to do. A socket that cannot be reached is logged and ignored: progress reports never stop
 //! the service.
 
-#![forbid(unsafe_code)]
+// One `unsafe` block: taking ownership of the socket systemd passes (activation.rs).
+#![deny(unsafe_code)]
+
+pub mod activation;
 
 use std::{
     cell::Cell,
@@ -28,22 +32,34 @@ pub const NOTIFY_SOCKET_ENV: &str = "NOTIFY_SOCKET";
 pub const WATCHDOG_USEC_ENV: &str = "WATCHDOG_USEC";
 pub const WATCHDOG_PID_ENV: &str = "WATCHDOG_PID";
 
+pub use activation::{ActivationError, LISTEN_FDS_ENV, LISTEN_PID_ENV};
+
 /// What the service manager put in this process's environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SystemdEnv {
     pub notify_socket: Option<OsString>,
     pub watchdog_usec: Option<OsString>,
     pub watchdog_pid: Option<OsString>,
+    pub listen_fds: Option<OsString>,
+    pub listen_pid: Option<OsString>,
 }
 
 impl SystemdEnv {
-    /// Reads the three variables. Call it once, at start, in the binary.
+    /// Reads the variables. Call it once, at start, in the binary.
     pub fn from_process() -> Self {
         Self {
             notify_socket: std::env::var_os(NOTIFY_SOCKET_ENV),
             watchdog_usec: std::env::var_os(WATCHDOG_USEC_ENV),
             watchdog_pid: std::env::var_os(WATCHDOG_PID_ENV),
+            listen_fds: std::env::var_os(LISTEN_FDS_ENV),
+            listen_pid: std::env::var_os(LISTEN_PID_ENV),
         }
+    }
+
+    /// The sockets systemd passed to process `pid` (socket activation); empty when none.
+    /// Call it once: the descriptors become owned by the caller.
+    pub fn listen_fds(&self, pid: u32) -> Result<Vec<std::os::fd::OwnedFd>, ActivationError> {
+        activation::listen_fds(self.listen_fds.as_deref(), self.listen_pid.as_deref(), pid)
     }
 
     /// The notifier, when `NOTIFY_SOCKET` names a usable address.
@@ -280,6 +296,7 @@ mod tests {
             notify_socket: None,
             watchdog_usec: os(usec),
             watchdog_pid: pid.and_then(os),
+            ..SystemdEnv::default()
         };
         let half = Some(Duration::from_secs(15));
         assert_eq!(env("30000000", None).watchdog_interval(42), half);

@@ -86,13 +86,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `MOEBOX_LOG` (default: warnings), so stdout stays the command's
-/// output.
+/// Logs filtered by `MOEBOX_LOG` (default: warnings): to the journal, with structured fields,
+/// when systemd runs the service (`JOURNAL_STREAM` names our stderr); to stderr otherwise, so
+/// stdout stays the command's output.
 fn init_logging() {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
     let filter = tracing_subscriber::EnvFilter::try_from_env("MOEBOX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let registry = tracing_subscriber::registry().with(filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        registry
+            .with(journald.with_syslog_identifier("moebox".to_owned()))
+            .init();
+        return;
+    }
+    registry
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
 }

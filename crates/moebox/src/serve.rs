@@ -23,14 +23,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let systemd = SystemdEnv::from_process();
     let result = runtime.block_on(async {
-        let listener = bind(&config).await?;
-        let notifier = SystemdEnv::from_process().notifier();
+        let listener = listener(&config, &systemd).await?;
+        let local = listener
+            .local_addr()
+            .context("the listening socket's address")?;
+        let transport = moebox_gateway::transport(&config.gateway, local)?;
+        let notifier = systemd.notifier();
         if let Some(notifier) = &notifier {
             notifier.ready();
-            notifier.status(&format!("serving on {}", config.gateway.listen));
+            notifier.status(&format!(
+                "serving {} on {local}",
+                if config.gateway.tls { "HTTPS" } else { "HTTP" }
+            ));
         }
-        moebox_gateway::run(&config, ledger, listener, shutdown_signal()).await;
+        let gateway = moebox_gateway::build(&config, ledger);
+        moebox_gateway::serve(gateway, &config, listener, transport, shutdown_signal()).await;
         if let Some(notifier) = &notifier {
             notifier.stopping();
         }
@@ -42,6 +51,31 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 pub fn open_ledger(config: &Config) -> anyhow::Result<Ledger> {
     Ledger::open(&config.ledger.database).context("ledger.database")
+}
+
+/// The socket systemd passed (socket activation), else `gateway.listen` bound here.
+async fn listener(
+    config: &Config,
+    systemd: &SystemdEnv,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let mut passed = systemd
+        .listen_fds(std::process::id())
+        .context("socket activation")?;
+    match passed.len() {
+        0 => bind(config).await,
+        1 => {
+            let listener = std::net::TcpListener::from(passed.remove(0));
+            listener
+                .set_nonblocking(true)
+                .context("socket activation: the passed socket")?;
+            tokio::net::TcpListener::from_std(listener)
+                .context("socket activation: the passed socket is not a TCP listener")
+        }
+        n => anyhow::bail!(
+            "socket activation: systemd passed {n} sockets; moebox-gateway.socket must listen \
+             on exactly one"
+        ),
+    }
 }
 
 pub async fn bind(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {

@@ -102,15 +102,23 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let supervisor = tokio::spawn(supervise_engine(exe, config_path.clone(), stopped));
+        let transport = moebox_gateway::transport(&config.gateway, address)?;
         let gateway = moebox_gateway::build(&config, ledger);
 
-        let url = format!("http://{address}");
+        let scheme = if config.gateway.tls { "https" } else { "http" };
+        let url = format!("{scheme}://{address}");
+        // A self-signed certificate is trusted by naming it, never with --insecure.
+        let trust = if config.gateway.tls {
+            format!("--cacert {} ", config.gateway.tls_certificate.display())
+        } else {
+            String::new()
+        };
         println!("url: {url}");
         println!("config: {}", config_path.display());
         println!("admin key: {}", admin.key.expose());
         println!("user key: {}", user.key.expose());
         println!(
-            "curl: curl -sS {url}/v1/chat/completions -H 'Authorization: Bearer {key}' \
+            "curl: curl -sS {trust}{url}/v1/chat/completions -H 'Authorization: Bearer {key}' \
              -H 'Content-Type: application/json' -d '{{\"model\":\"{model_name}\",\
              \"messages\":[{{\"role\":\"user\",\"content\":\"Summarise the quarterly ledger \
              in one sentence.\"}}],\"max_tokens\":32}}'",
@@ -125,7 +133,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 println!("ready");
             })
         };
-        moebox_gateway::serve(gateway, &config, listener, serve::shutdown_signal()).await;
+        moebox_gateway::serve(
+            gateway,
+            &config,
+            listener,
+            transport,
+            serve::shutdown_signal(),
+        )
+        .await;
         announce.abort();
         let _ = stop.send(true);
         let _ = supervisor.await;
@@ -160,6 +175,14 @@ fn up_config(model: &Path, data_dir: &Path, listen: &str) -> anyhow::Result<Conf
     config.provision.allow_cpu_only = true;
     config.ledger.database = data_dir.join("moebox.sqlite");
     config.gateway.listen = listen.to_owned();
+    // Plaintext on loopback, where `up` usually runs; HTTPS with a pair generated in the data
+    // folder when it listens beyond this machine.
+    let listen_address: std::net::SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--listen must be ADDRESS:PORT, got {listen:?}"))?;
+    config.gateway.tls = !listen_address.ip().is_loopback();
+    config.gateway.tls_certificate = data_dir.join("tls/cert.pem");
+    config.gateway.tls_private_key = data_dir.join("tls/key.pem");
     config.gateway.engine_count = 1;
     config.gateway.engine_poll_interval_ms = UP_ENGINE_POLL_INTERVAL.as_millis() as u64;
     Ok(config)
@@ -259,6 +282,14 @@ mod tests {
             PathBuf::from("/tmp/up/moebox.sqlite")
         );
         assert_eq!(parsed.engine.execution_provider, ExecutionProviderKind::Cpu);
+        assert!(!parsed.gateway.tls, "plaintext on loopback");
+        let open =
+            up_config(Path::new("/m"), Path::new("/tmp/up"), "0.0.0.0:8443").expect("config");
+        assert!(open.gateway.tls, "HTTPS beyond loopback");
+        assert_eq!(
+            open.gateway.tls_certificate,
+            PathBuf::from("/tmp/up/tls/cert.pem")
+        );
     }
 
     #[test]

@@ -249,11 +249,16 @@ impl TestGateway {
         config.gateway.engines = engines.iter().map(|e| e.socket.clone()).collect();
         config.gateway.engine_poll_interval_ms = 50;
         config.gateway.listen = "127.0.0.1:0".into();
+        // Plaintext unless a test turns TLS on; the pair then goes in the test's folder.
+        config.gateway.tls = false;
+        config.gateway.tls_certificate = dir.path().join("tls/cert.pem");
+        config.gateway.tls_private_key = dir.path().join("tls/key.pem");
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let address = listener.local_addr().expect("address");
+        let transport = moebox_gateway::transport(&config.gateway, address).expect("transport");
         let gateway = moebox_gateway::build(&config, Arc::clone(&ledger));
         gateway.router().poll_all().await;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -261,7 +266,7 @@ impl TestGateway {
         gateway.router().spawn_pollers(polling);
         let serving = Arc::clone(&gateway);
         tokio::spawn(async move {
-            moebox_gateway::server::serve(serving, listener, &config.gateway, async {
+            moebox_gateway::server::serve(serving, listener, transport, &config.gateway, async {
                 let _ = stopped.await;
             })
             .await;
