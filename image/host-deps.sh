@@ -5,6 +5,8 @@
 # other package on bookworm. See image/README.md for why each one is needed.
 #
 #   image/host-deps.sh          everything: image build, qemu boot test, unit checks
+#   image/host-deps.sh check    the checks every CI run makes: units (systemd-analyze 254) and
+#                               the image definition (mkosi summary)
 #   image/host-deps.sh units    only what the unit checks need (systemd-analyze 254)
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "host-deps.sh: run as root (apt-get)" >&2; exit 1; }
@@ -42,16 +44,17 @@ mode=${1:-all}
 want=()
 case "$mode" in
     units) ;;
+    check) want+=(mkosi) ;;
     all)
         want+=(mkosi systemd-container systemd-boot systemd-boot-efi systemd-repart systemd-ukify
             qemu-system-x86 qemu-system-common qemu-system-data qemu-utils seabios)
         ;;
-    *) echo "host-deps.sh: unknown mode $mode (units | all)" >&2; exit 2 ;;
+    *) echo "host-deps.sh: unknown mode $mode (units | check | all)" >&2; exit 2 ;;
 esac
 from_bookworm=(ovmf mtools dosfstools erofs-utils cryptsetup-bin bubblewrap python3-pefile
     python3-cryptography squashfs-tools zstd xz-utils cpio kmod uidmap fdisk e2fsprogs
     openssl curl bmap-tools)
-[ "$mode" = units ] && from_bookworm=()
+[ "$mode" = all ] || from_bookworm=()
 
 have_backports_systemd() {
     dpkg-query -W -f='${Version}' systemd 2>/dev/null | grep -q 'bpo12'
