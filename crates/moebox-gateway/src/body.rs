@@ -16,6 +16,17 @@ use tokio::sync::mpsc;
 /// they are full (and the engine's own bounded outbox waits behind it).
 pub const STREAM_CHANNEL_CHUNKS: usize = 16;
 
+/// One server-sent event carrying `json` as its data. The JSON serialiser escapes every
+/// newline, so the payload can never end the event early or forge another (`data: [DONE]`
+/// inside generated text stays text): the property the `sse_event` fuzz target checks.
+pub fn sse_event(json: &[u8]) -> Bytes {
+    let mut event = Vec::with_capacity(json.len() + 8);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(json);
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
+}
+
 #[derive(Debug)]
 pub enum GatewayBody {
     Full(Option<Bytes>),

@@ -29,6 +29,11 @@ pub enum ApiError {
     RevokedKey,
     #[error("this route needs an admin key")]
     AdminRequired,
+    #[error(
+        "a request made with an admin session must carry the session's token in the \
+         X-CSRF-Token header"
+    )]
+    CsrfMismatch,
     #[error("unknown URL: {method} {path}")]
     UnknownRoute { method: String, path: String },
     #[error("{method} is not allowed on {path}; use {allowed}")]
@@ -37,6 +42,8 @@ pub enum ApiError {
         path: String,
         allowed: &'static str,
     },
+    #[error("no key with id {0} (GET /admin/keys lists them)")]
+    KeyNotFound(i64),
     #[error("the model `{0}` does not exist (GET /v1/models lists those served)")]
     ModelNotFound(String),
     #[error("request body is not valid JSON: {0}")]
@@ -77,6 +84,30 @@ pub enum ApiError {
         param: Option<String>,
         retry_after_seconds: Option<u32>,
     },
+    #[error(
+        "too many failed API key checks from this address (gateway.auth_failures_per_minute); \
+         retry after {retry_after_seconds} s"
+    )]
+    AuthFailures { retry_after_seconds: u32 },
+    #[error(
+        "this API key's limit of {limit} {unit} per minute is used up; retry after \
+         {retry_after_seconds} s"
+    )]
+    RateLimited {
+        limit: u32,
+        unit: &'static str,
+        retry_after_seconds: u32,
+    },
+    #[error(
+        "this API key's monthly budget of {budget} tokens is used up ({used} used this month); \
+         it renews on the 1st (UTC)"
+    )]
+    BudgetExhausted { budget: u64, used: u64 },
+    #[error(
+        "the usage ledger cannot record this request (is the data partition full?); retry \
+         after {retry_after_seconds} s"
+    )]
+    LedgerUnavailable { retry_after_seconds: u32 },
     #[error("the request took longer than its deadline of {} s", .deadline.as_secs())]
     DeadlineExceeded { deadline: Duration },
     #[error("internal error")]
@@ -100,11 +131,13 @@ impl ApiError {
             Self::InvalidKey(_) => (S::UNAUTHORIZED, AUTHENTICATION, "invalid_api_key"),
             Self::RevokedKey => (S::UNAUTHORIZED, AUTHENTICATION, "revoked_api_key"),
             Self::AdminRequired => (S::FORBIDDEN, PERMISSION, "insufficient_scope"),
+            Self::CsrfMismatch => (S::FORBIDDEN, PERMISSION, "csrf_token_mismatch"),
             Self::UnknownRoute { .. } => (S::NOT_FOUND, NOT_FOUND, "unknown_url"),
             Self::MethodNotAllowed { .. } => {
                 (S::METHOD_NOT_ALLOWED, INVALID_REQUEST, "method_not_allowed")
             }
             Self::ModelNotFound(_) => (S::NOT_FOUND, INVALID_REQUEST, "model_not_found"),
+            Self::KeyNotFound(_) => (S::NOT_FOUND, NOT_FOUND, "key_not_found"),
             Self::InvalidJson(_) => (S::BAD_REQUEST, INVALID_REQUEST, "invalid_json"),
             Self::WrongType { .. } => (S::BAD_REQUEST, INVALID_REQUEST, "invalid_type"),
             Self::InvalidValue { .. } => (S::BAD_REQUEST, INVALID_REQUEST, "invalid_value"),
@@ -118,8 +151,18 @@ impl ApiError {
                 RATE_LIMIT,
                 "concurrency_limit_exceeded",
             ),
+            Self::AuthFailures { .. } => {
+                (S::TOO_MANY_REQUESTS, RATE_LIMIT, "too_many_auth_failures")
+            }
+            Self::RateLimited { .. } => (S::TOO_MANY_REQUESTS, RATE_LIMIT, "rate_limit_exceeded"),
+            Self::BudgetExhausted { .. } => {
+                (S::TOO_MANY_REQUESTS, RATE_LIMIT, "insufficient_quota")
+            }
             Self::Overloaded { .. } => (S::SERVICE_UNAVAILABLE, SERVER, "overloaded"),
             Self::NoEngine { .. } => (S::SERVICE_UNAVAILABLE, SERVER, "engine_unavailable"),
+            Self::LedgerUnavailable { .. } => {
+                (S::SERVICE_UNAVAILABLE, SERVER, "ledger_unavailable")
+            }
             Self::Engine { code, .. } => match code {
                 ErrorCode::InvalidRequest => (S::BAD_REQUEST, INVALID_REQUEST, "invalid_value"),
                 ErrorCode::ContextLengthExceeded => {
@@ -156,6 +199,16 @@ impl ApiError {
             }
             | Self::NoEngine {
                 retry_after_seconds,
+            }
+            | Self::AuthFailures {
+                retry_after_seconds,
+            }
+            | Self::LedgerUnavailable {
+                retry_after_seconds,
+            }
+            | Self::RateLimited {
+                retry_after_seconds,
+                ..
             } => Some(*retry_after_seconds),
             Self::KeyConcurrency { .. } => Some(1),
             Self::Engine {

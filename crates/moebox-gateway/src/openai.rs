@@ -49,6 +49,9 @@ pub struct ValidatedGeneration {
     pub model: String,
     pub stream: bool,
     pub include_usage: bool,
+    /// The name the client used for the completion length (`max_tokens` or
+    /// `max_completion_tokens`), for messages about it.
+    pub max_tokens_param: &'static str,
     /// What the engine is sent (its `request_id` is set by the gateway).
     pub request: GenerateRequest,
 }
@@ -237,7 +240,7 @@ pub fn parse_completion(body: &[u8]) -> Result<ValidatedGeneration, ApiError> {
     finish(Endpoint::Completions, model, prompt, common)
 }
 
-fn deserialize<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+pub(crate) fn deserialize<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     let deserializer = &mut serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
@@ -433,6 +436,7 @@ fn finish(
         model,
         stream,
         include_usage,
+        max_tokens_param,
         request,
     })
 }

@@ -26,7 +26,10 @@ use tokio::{
     sync::{Semaphore, watch},
 };
 
-use crate::{body::GatewayBody, service::Gateway};
+use crate::{
+    body::GatewayBody,
+    service::{ClientAddr, Gateway},
+};
 
 /// Pause after a failed `accept` (out of file descriptors, say), so the loop does not spin.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -198,7 +201,9 @@ impl Connection {
         let activity = Arc::new(Activity::default());
         let gateway = Arc::clone(&self.gateway);
         let requests = Arc::clone(&activity);
-        let service = service_fn(move |request| {
+        let peer = self.peer;
+        let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ClientAddr(peer));
             let gateway = Arc::clone(&gateway);
             let guard = requests.begin();
             async move {

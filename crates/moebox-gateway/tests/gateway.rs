@@ -58,6 +58,19 @@ async fn chat_completion_whole() {
     assert_eq!(sent.stop, vec!["\n\n".to_owned()]);
     assert!(!sent.request_id.is_empty());
     assert!(matches!(sent.prompt, Prompt::Chat(ref m) if m[0].content == "hi"));
+    let metrics = gateway
+        .request("GET", "/metrics", Some(&gateway.admin_key), None)
+        .await
+        .text();
+    for line in [
+        "moebox_gateway_time_to_first_token_seconds_count 1",
+        // Three text chunks: two gaps between them.
+        "moebox_gateway_inter_token_latency_seconds_count 2",
+        "moebox_gateway_request_duration_seconds_count 1",
+        "moebox_gateway_completion_tokens_total 3",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test]
@@ -722,7 +735,7 @@ async fn clients_outside_the_allowlist_are_closed_at_accept() {
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
     assert!(read.is_ok(), "the connection was not closed");
     assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
-    let metrics = gateway.gateway.metrics().render(&[]);
+    let metrics = gateway.gateway.metrics().render(&[], 0);
     assert!(
         metrics.contains("moebox_gateway_connections_refused_total 1"),
         "{metrics}"
@@ -772,4 +785,720 @@ async fn idle_connections_are_closed_but_busy_ones_are_not() {
     // Now idle: the server closes it after the timeout.
     let closed = tokio::time::timeout(Duration::from_secs(5), connection).await;
     assert!(closed.is_ok(), "the idle connection stayed open");
+}
+
+#[tokio::test]
+async fn forging_keys_slows_that_client_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |config| {
+        config.gateway.auth_failures_per_minute = 3;
+    })
+    .await;
+    let forged = "mbx_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    for _ in 0..3 {
+        let reply = gateway
+            .request("GET", "/v1/models", Some(forged), None)
+            .await;
+        assert_eq!(reply.status, 401);
+    }
+    let slowed = gateway
+        .request("GET", "/v1/models", Some(forged), None)
+        .await;
+    assert_eq!(slowed.status, 429, "{}", slowed.text());
+    assert_eq!(slowed.json()["error"]["code"], "too_many_auth_failures");
+    assert_eq!(
+        slowed.headers.get("retry-after").expect("Retry-After"),
+        "20"
+    );
+    // The same address with a good key is slowed too (it could be guessing), ...
+    let good = gateway
+        .request("GET", "/v1/models", Some(&gateway.user_key), None)
+        .await;
+    assert_eq!(good.status, 429);
+    // ... but unauthenticated routes are not, and neither is another address (127.0.0.2 is
+    // loopback too on Linux).
+    assert_eq!(
+        gateway.request("GET", "/healthz", None, None).await.status,
+        200
+    );
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("address"))
+        .expect("bind 127.0.0.2");
+    let mut stream = socket.connect(gateway.address).await.expect("connect");
+    stream
+        .write_all(
+            format!(
+                "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+                 Connection: close\r\n\r\n",
+                gateway.user_key
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("answer");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[tokio::test]
+async fn per_key_rate_limits_answer_429_with_retry_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |_| {}).await;
+    let mut limited = moebox_ledger::NewKey::new("limited", moebox_ledger::Scope::User);
+    limited.requests_per_minute = Some(2);
+    let limited = gateway
+        .ledger
+        .create_key(&limited, UnixSeconds::now())
+        .expect("key");
+    let key = limited.key.expose().to_owned();
+    for _ in 0..2 {
+        let reply = gateway
+            .request(
+                "POST",
+                "/v1/chat/completions",
+                Some(&key),
+                Some(chat_body("hi")),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let refused = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"]["code"], "rate_limit_exceeded");
+    assert!(
+        refused.text().contains("2 requests per minute"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(
+        refused.headers.get("retry-after").expect("Retry-After"),
+        "30"
+    );
+    // Another key is unaffected, and the server goes on.
+    let other = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&gateway.user_key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(other.status, 200);
+
+    let mut tokens = moebox_ledger::NewKey::new("tokens", moebox_ledger::Scope::User);
+    tokens.tokens_per_minute = Some(1);
+    let tokens = gateway
+        .ledger
+        .create_key(&tokens, UnixSeconds::now())
+        .expect("key");
+    let key = tokens.key.expose().to_owned();
+    let first = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(first.status, 200, "the first request runs on a full bucket");
+    let second = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(second.status, 429, "{}", second.text());
+    assert!(
+        second.text().contains("tokens per minute"),
+        "{}",
+        second.text()
+    );
+}
+
+#[tokio::test]
+async fn token_caps_name_their_config_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |config| {
+        config.engine.max_tokens = 64;
+        config.gateway.max_output_tokens = 64;
+        config.gateway.max_prompt_tokens = 100;
+    })
+    .await;
+    let mut body = chat_body("hi");
+    body["max_completion_tokens"] = 65.into();
+    let refused = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&gateway.user_key),
+            Some(body),
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"]["param"], "max_completion_tokens");
+    assert!(
+        refused.text().contains("gateway.max_output_tokens"),
+        "{}",
+        refused.text()
+    );
+    let mut body = chat_body("hi");
+    body["max_tokens"] = 64.into();
+    let served = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&gateway.user_key),
+            Some(body),
+        )
+        .await;
+    assert_eq!(served.status, 200);
+    let sent = engine
+        .last_request
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("request");
+    assert_eq!(
+        sent.max_prompt_tokens,
+        Some(100),
+        "the engine enforces the prompt cap"
+    );
+    assert_eq!(sent.max_tokens, Some(64));
+}
+
+#[tokio::test]
+async fn admin_api_creates_lists_and_revokes_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |_| {}).await;
+    let admin = Some(gateway.admin_key.as_str());
+    let created = gateway
+        .request(
+            "POST",
+            "/admin/keys",
+            admin,
+            Some(serde_json::json!({
+                "name": "tax-bot", "team": "tax", "requests_per_minute": 30,
+                "monthly_token_budget": 1000000
+            })),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let json = created.json();
+    let key = json["key"].as_str().expect("secret shown once").to_owned();
+    assert!(key.starts_with("mbx_"));
+    assert_eq!(json["team"], "tax");
+    assert_eq!(json["scope"], "user");
+    assert_eq!(json["requests_per_minute"], 30);
+    let id = json["id"].as_i64().expect("id");
+
+    let served = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(served.status, 200);
+
+    let listed = gateway.request("GET", "/admin/keys", admin, None).await;
+    assert_eq!(listed.status, 200);
+    let text = listed.text();
+    assert!(!text.contains(&key), "a listing never holds a secret");
+    assert!(
+        listed.json()["data"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|k| k["id"] == id && k["name"] == "tax-bot")
+    );
+
+    let revoked = gateway
+        .request("DELETE", &format!("/admin/keys/{id}"), admin, None)
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    let refused = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.json()["error"]["code"], "revoked_api_key");
+
+    // Mistakes name the field; the user key cannot touch any of it.
+    for (body, param) in [
+        (serde_json::json!({"name": ""}), "name"),
+        (
+            serde_json::json!({"name": "x", "requests_per_minute": "many"}),
+            "requests_per_minute",
+        ),
+    ] {
+        let reply = gateway
+            .request("POST", "/admin/keys", admin, Some(body))
+            .await;
+        assert_eq!(reply.status, 400, "{}", reply.text());
+        assert_eq!(reply.json()["error"]["param"], param, "{}", reply.text());
+    }
+    let typo = gateway
+        .request(
+            "POST",
+            "/admin/keys",
+            admin,
+            Some(serde_json::json!({"name": "x", "rpm": 5})),
+        )
+        .await;
+    assert_eq!(
+        typo.status,
+        400,
+        "unknown fields are refused: {}",
+        typo.text()
+    );
+    assert_eq!(
+        gateway
+            .request("DELETE", "/admin/keys/999", admin, None)
+            .await
+            .status,
+        404
+    );
+    let user = Some(gateway.user_key.as_str());
+    assert_eq!(
+        gateway
+            .request("GET", "/admin/keys", user, None)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        gateway
+            .request(
+                "POST",
+                "/admin/keys",
+                user,
+                Some(serde_json::json!({"name": "me", "admin": true}))
+            )
+            .await
+            .status,
+        403
+    );
+}
+
+/// Every admitted request leaves one usage record, whichever way it ends, durable before the
+/// client has its last byte.
+#[tokio::test]
+async fn every_request_leaves_a_usage_record() {
+    use moebox_ledger::{NewKey, Scope, UsageFilter};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |_| {}).await;
+    let key = |name: &str, team: &str| {
+        let mut new = NewKey::new(name, Scope::User);
+        new.team = team.to_owned();
+        let created = gateway
+            .ledger
+            .create_key(&new, UnixSeconds::now())
+            .expect("key");
+        (created.record.id, created.key.expose().to_owned())
+    };
+    let (tax_id, tax) = key("tax-bot", "tax");
+    let (_, audit) = key("audit-bot", "audit");
+    let whole = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&tax),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(whole.status, 200);
+    let mut streamed = chat_body("hi");
+    streamed["stream"] = true.into();
+    let streamed = gateway
+        .request("POST", "/v1/chat/completions", Some(&audit), Some(streamed))
+        .await;
+    assert_eq!(streamed.status, 200);
+    // The record is on disk before the response ends: no waiting here.
+    let all = gateway
+        .ledger
+        .usage_records(
+            UnixSeconds(0),
+            UnixSeconds(4_000_000_000),
+            &UsageFilter::All,
+            None,
+            100,
+        )
+        .expect("records")
+        .records;
+    assert_eq!(all.len(), 2, "{all:?}");
+    let tax_record = &all
+        .iter()
+        .find(|r| r.record.key_id == tax_id)
+        .expect("tax record")
+        .record;
+    assert_eq!(tax_record.team, "tax");
+    assert_eq!(tax_record.model, MODEL);
+    assert_eq!(tax_record.endpoint, "/v1/chat/completions");
+    assert_eq!(
+        (tax_record.prompt_tokens, tax_record.completion_tokens),
+        (3, 3)
+    );
+    assert_eq!(tax_record.status, 200);
+    assert_eq!(tax_record.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(tax_record.engine.as_deref(), Some("e0"));
+    assert!(tax_record.time_to_first_token_ms.is_some());
+    assert_eq!(
+        whole.headers.get("x-request-id").expect("id"),
+        tax_record.request_id.as_str()
+    );
+    let by_team = gateway
+        .ledger
+        .usage_by_team(UnixSeconds(0), UnixSeconds(4_000_000_000))
+        .expect("by team");
+    assert_eq!(by_team.len(), 2);
+
+    // An engine refusal after admission is recorded with its status and no tokens.
+    *engine.behaviour.lock().expect("lock") = Behaviour::Refuse(
+        400,
+        refusal(
+            ErrorCode::InvalidRequest,
+            "temperature out of range",
+            Some("temperature"),
+        ),
+    );
+    let refused = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&tax),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    let tax_records = gateway
+        .ledger
+        .usage_records(
+            UnixSeconds(0),
+            UnixSeconds(4_000_000_000),
+            &UsageFilter::Key(tax_id),
+            None,
+            100,
+        )
+        .expect("records")
+        .records;
+    assert_eq!(tax_records.len(), 2);
+    assert!(
+        tax_records
+            .iter()
+            .any(|r| r.record.status == 400 && r.record.completion_tokens == 0)
+    );
+}
+
+#[tokio::test]
+async fn a_spent_monthly_budget_answers_429_until_the_month_turns() {
+    use moebox_ledger::{NewKey, Scope};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |_| {}).await;
+    let mut new = NewKey::new("small", Scope::User);
+    new.monthly_token_budget = Some(10);
+    let key = gateway
+        .ledger
+        .create_key(&new, UnixSeconds::now())
+        .expect("key")
+        .key
+        .expose()
+        .to_owned();
+    // 6 tokens per request: the second passes at 6 used, the third finds 12 ≥ 10.
+    for _ in 0..2 {
+        let reply = gateway
+            .request(
+                "POST",
+                "/v1/chat/completions",
+                Some(&key),
+                Some(chat_body("hi")),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let spent = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(spent.status, 429, "{}", spent.text());
+    assert_eq!(spent.json()["error"]["code"], "insufficient_quota");
+    assert!(
+        spent.text().contains("monthly budget of 10 tokens"),
+        "{}",
+        spent.text()
+    );
+    let other = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&gateway.user_key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(other.status, 200, "other keys are unaffected");
+}
+
+/// The cookie `name` set by a response, as `name=value` for a Cookie header.
+fn set_cookie(reply: &support::Reply, name: &str) -> String {
+    reply
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} cookie in {:?}", reply.headers))
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn admin_pages_sign_in_with_a_form_and_exports_agree_with_the_ledger() {
+    use moebox_ledger::{NewKey, Scope};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |_| {}).await;
+    for (team, requests) in [("tax", 3), ("audit", 2)] {
+        let mut new = NewKey::new(format!("{team}-bot"), Scope::User);
+        new.team = team.to_owned();
+        let key = gateway
+            .ledger
+            .create_key(&new, UnixSeconds::now())
+            .expect("key")
+            .key
+            .expose()
+            .to_owned();
+        for _ in 0..requests {
+            let reply = gateway
+                .request(
+                    "POST",
+                    "/v1/chat/completions",
+                    Some(&key),
+                    Some(chat_body("hi")),
+                )
+                .await;
+            assert_eq!(reply.status, 200);
+        }
+    }
+
+    // A browser without a session is sent to the form; an API client gets 401.
+    let browser = gateway
+        .with_headers("GET", "/admin/", &[("accept", "text/html")], Vec::new())
+        .await;
+    assert_eq!(browser.status, 303);
+    assert_eq!(
+        browser.headers.get("location").expect("location"),
+        "/admin/login"
+    );
+    assert_eq!(
+        gateway.request("GET", "/admin/", None, None).await.status,
+        401
+    );
+
+    // The form: its token is bound to a cookie; a post without it is refused.
+    let form = gateway
+        .with_headers("GET", "/admin/login", &[], Vec::new())
+        .await;
+    assert_eq!(form.status, 200);
+    let login_cookie = set_cookie(&form, "moebox_login");
+    let token = login_cookie.split_once('=').expect("pair").1.to_owned();
+    assert!(form.text().contains(&token));
+    let forged = gateway
+        .with_headers(
+            "POST",
+            "/admin/login",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            format!("csrf={token}&key={}", gateway.admin_key).into_bytes(),
+        )
+        .await;
+    assert_eq!(
+        forged.status,
+        403,
+        "no double-submit cookie: {}",
+        forged.text()
+    );
+    let user = gateway
+        .with_headers(
+            "POST",
+            "/admin/login",
+            &[("cookie", &login_cookie)],
+            format!("csrf={token}&key={}", gateway.user_key).into_bytes(),
+        )
+        .await;
+    assert_eq!(user.status, 403);
+    assert!(user.text().contains("not an admin key"));
+    let signed_in = gateway
+        .with_headers(
+            "POST",
+            "/admin/login",
+            &[("cookie", &login_cookie)],
+            format!("csrf={token}&key={}", gateway.admin_key).into_bytes(),
+        )
+        .await;
+    assert_eq!(signed_in.status, 303, "{}", signed_in.text());
+    let session = set_cookie(&signed_in, "moebox_session");
+    let raw_cookie = signed_in
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("moebox_session="))
+        .expect("cookie")
+        .to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/admin"] {
+        assert!(raw_cookie.contains(attribute), "{raw_cookie}");
+    }
+
+    let overview = gateway
+        .with_headers("GET", "/admin/", &[("cookie", &session)], Vec::new())
+        .await;
+    assert_eq!(overview.status, 200, "{}", overview.text());
+    let html = overview.text();
+    assert!(
+        html.contains("$1,200.00"),
+        "the worked example's monthly amortisation"
+    );
+    assert!(
+        overview
+            .headers
+            .get("content-security-policy")
+            .expect("CSP")
+            .to_str()
+            .expect("ascii")
+            .contains("default-src 'none'")
+    );
+    for path in ["/admin/schedule", "/admin/usage", "/admin/gpus"] {
+        let page = gateway
+            .with_headers("GET", path, &[("cookie", &session)], Vec::new())
+            .await;
+        assert_eq!(page.status, 200, "{path}: {}", page.text());
+    }
+    let usage = gateway
+        .with_headers("GET", "/admin/usage", &[("cookie", &session)], Vec::new())
+        .await
+        .text();
+    assert!(usage.contains("tax") && usage.contains("audit"), "{usage}");
+
+    // Exports: CSV and JSON from the same query agree with the ledger to the token.
+    let admin = Some(gateway.admin_key.as_str());
+    let json = gateway
+        .request("GET", "/admin/usage.json?group=team", admin, None)
+        .await;
+    assert_eq!(json.status, 200, "{}", json.text());
+    let json = json.json();
+    let csv = gateway
+        .request("GET", "/admin/usage.csv?group=team", admin, None)
+        .await;
+    assert_eq!(csv.status, 200);
+    assert!(
+        csv.headers
+            .get("content-disposition")
+            .expect("attachment")
+            .to_str()
+            .expect("ascii")
+            .contains(".csv")
+    );
+    let csv = csv.text();
+    let by_team = gateway
+        .ledger
+        .usage_by_team(UnixSeconds(0), UnixSeconds(4_000_000_000))
+        .expect("ledger");
+    for team in &by_team {
+        let tokens = team.totals.prompt_tokens + team.totals.completion_tokens;
+        assert!(tokens > 0);
+        assert!(
+            csv.lines().any(|line| line.contains(&team.team)
+                && line.contains(&format!(",{},", team.totals.prompt_tokens))),
+            "{} in\n{csv}",
+            team.team
+        );
+        let row = json["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r.to_string().contains(&team.team))
+            .unwrap_or_else(|| panic!("{} in {json}", team.team));
+        assert!(
+            row.to_string()
+                .contains(&team.totals.prompt_tokens.to_string()),
+            "{row}"
+        );
+    }
+    let records = gateway
+        .request("GET", "/admin/records.csv", admin, None)
+        .await
+        .text();
+    assert_eq!(
+        records.lines().count(),
+        1 + 5,
+        "a header and five requests:\n{records}"
+    );
+    let bad = gateway
+        .request("GET", "/admin/usage.csv?from=yesterday", admin, None)
+        .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"]["param"], "from");
+
+    // The key API with a session needs the session's CSRF token.
+    let no_token = gateway
+        .with_headers(
+            "POST",
+            "/admin/keys",
+            &[("cookie", &session), ("content-type", "application/json")],
+            br#"{"name":"via-session"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(no_token.status, 403);
+    assert_eq!(no_token.json()["error"]["code"], "csrf_token_mismatch");
+
+    // The cost gauges: this month's cost, and per million tokens now that tokens were used.
+    let metrics = gateway.request("GET", "/metrics", admin, None).await.text();
+    for gauge in [
+        "moebox_cost_month_to_date{currency=\"USD\"}",
+        "moebox_cost_per_million_tokens{currency=\"USD\"}",
+        "moebox_energy_month_to_date_joules",
+        "moebox_alternative_cost_month_to_date{alternative=",
+    ] {
+        assert!(metrics.contains(gauge), "{gauge} in\n{metrics}");
+    }
+
+    // Signing out ends the session.
+    let out = gateway
+        .with_headers("GET", "/admin/logout", &[("cookie", &session)], Vec::new())
+        .await;
+    assert_eq!(out.status, 303);
+    let after = gateway
+        .with_headers("GET", "/admin/", &[("cookie", &session)], Vec::new())
+        .await;
+    assert_eq!(after.status, 401);
 }
