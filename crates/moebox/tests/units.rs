@@ -73,7 +73,9 @@ fn require_systemd() {
         .arg("--version")
         .output()
         .unwrap_or_else(|err| {
-            panic!("systemd-analyze is needed to check the units ({err}): run image/host-deps.sh units")
+            panic!(
+                "systemd-analyze is needed to check the units ({err}): run image/host-deps.sh units"
+            )
         });
     let version = String::from_utf8_lossy(&output.stdout);
     let major = version
@@ -112,8 +114,7 @@ fn unit_root() -> tempfile::TempDir {
         let stand_in = root.path().join(program.trim_start_matches('/'));
         std::fs::create_dir_all(stand_in.parent().expect("parent")).expect("mkdir");
         std::fs::write(&stand_in, "#!/bin/sh\n").expect("write");
-        std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
+        std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     root
 }
@@ -211,7 +212,10 @@ fn every_service_is_at_or_below_its_exposure_threshold_and_docs_say_so() {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         assert_eq!(
             (cells.get(2).copied(), cells.get(3).copied()),
-            (Some(format!("{score:.1}").as_str()), Some(format!("{threshold:.1}").as_str())),
+            (
+                Some(format!("{score:.1}").as_str()),
+                Some(format!("{threshold:.1}").as_str())
+            ),
             "docs/security.md lists `{unit}` as {row:?}; systemd-analyze measures {score:.1} \
              against the threshold {threshold:.1}"
         );
@@ -278,7 +282,11 @@ fn image_config_templates_pass_config_check() {
         );
         checked += 1;
     }
-    assert!(checked >= 1, "no configuration template under {}", profiles.display());
+    assert!(
+        checked >= 1,
+        "no configuration template under {}",
+        profiles.display()
+    );
 }
 
 /// Numeric owner, group and mode of `path`, from `stat`.
@@ -319,7 +327,11 @@ fn sysusers_and_tmpfiles_make_the_users_and_folders_the_units_use() {
     let sysusers = run(Command::new("systemd-sysusers")
         .arg(&root_arg)
         .arg("moebox.conf"));
-    assert!(sysusers.status.success(), "systemd-sysusers: {}", text(&sysusers));
+    assert!(
+        sysusers.status.success(),
+        "systemd-sysusers: {}",
+        text(&sysusers)
+    );
     let tmpfiles = run(Command::new("systemd-tmpfiles")
         .arg(&root_arg)
         .args(["--create", "moebox.conf"]));
@@ -335,7 +347,10 @@ fn sysusers_and_tmpfiles_make_the_users_and_folders_the_units_use() {
     id_of(root.path(), "passwd", "moebox-engine");
     // Engines (group moebox-engine) create their sockets here; the sticky bit keeps one from
     // replacing another's; others have no access at all.
-    assert_eq!(stat(&root.path().join("run/moebox")), (0, engine_group, 0o1770));
+    assert_eq!(
+        stat(&root.path().join("run/moebox")),
+        (0, engine_group, 0o1770)
+    );
     for state in ["var/lib/moebox", "var/lib/moebox/tls"] {
         assert_eq!(
             stat(&root.path().join(state)),
