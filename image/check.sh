@@ -42,7 +42,7 @@ for key in SizeMinBytes SizeMaxBytes; do
     [ "$(sed -n "s/^$key=//p" $built_root)" = "$(sed -n "s/^$key=//p" $booted_root)" ] \
         || { echo "check.sh: root $key differs between $built_root and $booted_root" >&2; status=1; }
 done
-for script in build.sh check.sh host-deps.sh test/boot.sh first-boot/first-boot; do
+for script in build.sh check.sh host-deps.sh test/boot.sh test/boot-check.sh first-boot/first-boot; do
     bash -n "$script" || status=1
 done
 [ "$status" = 0 ] && echo "check.sh: image definition ok"
