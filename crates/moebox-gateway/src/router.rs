@@ -172,7 +172,13 @@ impl Router {
             }
             Err(error) => {
                 if !state.failure_logged {
-                    tracing::warn!(engine = index, %error, "engine unavailable");
+                    // An engine still loading at start is expected; one that answered before
+                    // and stopped is news.
+                    if state.model.is_some() {
+                        tracing::warn!(engine = index, %error, "engine unavailable");
+                    } else {
+                        tracing::info!(engine = index, %error, "engine not answering yet");
+                    }
                     state.failure_logged = true;
                 }
                 state.ready = false;
