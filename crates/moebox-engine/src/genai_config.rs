@@ -505,7 +505,10 @@ mod tests {
             assert!(err.to_string().contains(&layers.to_string()), "{err}");
         }
         let text = edited(|v| v["model"]["decoder"]["num_hidden_layers"] = MAX_LAYERS.into());
-        assert_eq!(parse(&text).expect("the limit itself").num_layers, MAX_LAYERS);
+        assert_eq!(
+            parse(&text).expect("the limit itself").num_layers,
+            MAX_LAYERS
+        );
     }
 
     #[test]

@@ -47,7 +47,10 @@ fn expected_refusal(text: &str) -> Option<KeyFormatError> {
 fn valid(text: &str, key: &PresentedKey) {
     assert_eq!(key.expose(), text, "a parsed key changed its text");
     assert_eq!(text.len(), KEY_LEN);
-    assert_eq!(key.lookup(), &text[KEY_PREFIX.len()..KEY_PREFIX.len() + LOOKUP_LEN]);
+    assert_eq!(
+        key.lookup(),
+        &text[KEY_PREFIX.len()..KEY_PREFIX.len() + LOOKUP_LEN]
+    );
     assert_eq!(PresentedKey::parse(key.expose()).as_ref(), Ok(key));
     let shown = format!("{key:?}");
     let hidden = &text[KEY_PREFIX.len() + LOOKUP_LEN..];

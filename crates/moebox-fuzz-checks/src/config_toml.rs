@@ -22,7 +22,10 @@ pub fn check(data: &[u8]) {
         }
         Err(error) => {
             let shown = error.to_string();
-            assert!(shown.contains(ORIGIN), "an error without its origin: {shown}");
+            assert!(
+                shown.contains(ORIGIN),
+                "an error without its origin: {shown}"
+            );
             match &error {
                 ConfigError::Invalid { key, message, .. } => {
                     assert!(!key.is_empty(), "an error without its key: {shown}");

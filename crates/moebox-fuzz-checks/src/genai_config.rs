@@ -44,7 +44,10 @@ fn accepted(spec: &ModelSpec) {
     assert!(spec.vocab_size >= 1);
     assert!(spec.context_length >= 2);
     for id in spec.eos_token_ids.iter().chain(spec.bos_token_id.iter()) {
-        assert!((*id as usize) < spec.vocab_size, "token id {id} outside the vocabulary");
+        assert!(
+            (*id as usize) < spec.vocab_size,
+            "token id {id} outside the vocabulary"
+        );
     }
     if let Some(window) = &spec.sliding_window {
         assert!(window.window_size >= 1);

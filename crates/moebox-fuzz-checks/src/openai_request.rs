@@ -116,7 +116,9 @@ fn refused(error: &ApiError) {
     assert!(!error.to_string().is_empty(), "an error without a message");
     match error {
         ApiError::InvalidJson(message) => assert!(!message.is_empty()),
-        ApiError::WrongType { .. } | ApiError::InvalidValue { .. } | ApiError::Unsupported { .. } => {
+        ApiError::WrongType { .. }
+        | ApiError::InvalidValue { .. }
+        | ApiError::Unsupported { .. } => {
             let param = error.param().expect("a field error names its field");
             assert!(!param.is_empty(), "an empty param: {error:?}");
         }

@@ -36,7 +36,11 @@ pub fn check(data: &[u8]) {
                 Endpoint::Completions => &chunk["choices"][0]["text"],
             };
             assert_eq!(content.as_str(), Some(text.as_str()), "text changed");
-            assert_eq!(chunk["model"].as_str(), Some(model.as_str()), "model changed");
+            assert_eq!(
+                chunk["model"].as_str(),
+                Some(model.as_str()),
+                "model changed"
+            );
             assert_eq!(chunk.get("usage").is_some(), with_usage_field);
         }
     }

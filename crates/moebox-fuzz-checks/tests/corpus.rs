@@ -40,8 +40,8 @@ fn every_target_has_a_fuzz_target_file() {
     let fuzz_targets = corpus_root().join("../fuzz_targets");
     for target in moebox_fuzz_checks::TARGETS {
         let file = fuzz_targets.join(format!("{}.rs", target.name));
-        let source = std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let source =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let call = format!("moebox_fuzz_checks::{}::check", target.name);
         assert!(
             source.contains(&call),
