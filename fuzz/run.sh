@@ -7,8 +7,9 @@
 # memory.
 #
 #   fuzz/run.sh SECONDS [TARGET...]          fuzz
-#   fuzz/run.sh --merge [TARGET...]          fold fuzz/work/<target> into fuzz/corpus/<target>
-#                                            (only inputs that add coverage), then minimise it
+#   fuzz/run.sh --merge [TARGET...]          minimise fuzz/corpus/<target> + fuzz/work/<target>
+#                                            and add the minimised inputs of at most 64 bytes
+#                                            to fuzz/corpus/<target>
 #
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`).
 # CARGO_TARGET_DIR is honoured (default fuzz/target). SANITIZER=address runs under ASan;
@@ -18,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 all_targets=(openai_request api_key sse_event engine_event genai_config config_toml)
 sanitizer=${SANITIZER:-none}
+MAX_COMMITTED_BYTES=64
 target_dir=${CARGO_TARGET_DIR:-$PWD/target}
 fuzz=(cargo +nightly fuzz)
 common=(--sanitizer "$sanitizer" --target-dir "$target_dir")
@@ -33,13 +35,18 @@ if [[ $1 == --merge ]]; then
     targets=("${all_targets[@]}")
     [[ $# -eq 0 ]] || targets=("$@")
     for target in "${targets[@]}"; do
-        mkdir -p "work/$target"
-        "${fuzz[@]}" run "${common[@]}" "$target" "corpus/$target" "work/$target" -- \
-            -merge=1 -max_len=8192 -timeout=10 2>&1 | tail -n 2
-        "${fuzz[@]}" cmin "${common[@]}" "$target" "corpus/$target" -- -max_len=8192 \
-            -timeout=10 2>&1 | tail -n 1
+        # Minimise seeds and finds together into an empty folder (what `cargo fuzz cmin`
+        # does), then commit the minimised inputs of at most MAX_COMMITTED_BYTES: short
+        # reproductions of most branches, while the corpus stays small enough for git.
+        minimised=$(mktemp -d)
+        mkdir -p "work/$target" logs
+        "${fuzz[@]}" run "${common[@]}" "$target" "$minimised" "corpus/$target" "work/$target" \
+            -- -merge=1 -max_len=8192 -timeout=10 >"logs/$target.merge.log" 2>&1
+        find "$minimised" -type f -size -"$((MAX_COMMITTED_BYTES + 1))"c \
+            -exec cp -n {} "corpus/$target/" \;
+        rm -rf "$minimised"
         echo "$target: $(find "corpus/$target" -type f | wc -l) files," \
-            "$(du -sk "corpus/$target" | cut -f1) KiB"
+            "$(cat "corpus/$target"/* | wc -c) bytes"
     done
     exit 0
 fi

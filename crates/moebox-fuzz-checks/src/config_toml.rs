@@ -28,7 +28,11 @@ pub fn check(data: &[u8]) {
             );
             match &error {
                 ConfigError::Invalid { key, message, .. } => {
-                    assert!(!key.is_empty(), "an error without its key: {shown}");
+                    // TOML allows an empty key (`"" = 1`); refusing it names it as it is.
+                    assert!(
+                        !key.is_empty() || message.contains("unknown field ``"),
+                        "an error without its key: {shown}"
+                    );
                     assert!(!message.is_empty(), "{shown}");
                 }
                 ConfigError::Syntax { message, .. } => assert!(!message.is_empty()),
