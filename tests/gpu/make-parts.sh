@@ -6,12 +6,15 @@
 #
 #   tests/gpu/make-parts.sh [--wheel PATH] [--part-size SIZE]   # libraries -> parts (slow: ~5 min)
 #   tests/gpu/make-parts.sh --bin                               # only re-strip target/release/moebox
+#   tests/gpu/make-parts.sh --telemetry-test                    # build + strip the NVML gpu_ test
 #
 # Writes (all under .gpu-parts/, which .git/info/exclude ignores, except the two sum files):
 #   .gpu-parts/ort-gpu-1.31.1.tar.xz.part-aa ...  the xz stream of a tar of the three libraries, split
 #   .gpu-parts/SHA256SUMS                         sha256 of the stream and of every part
 #   .gpu-parts/moebox                             target/release/moebox without debug info (~10 MB)
 #   .gpu-parts/moebox.info                        its sha256 and the unstripped binary's
+#   .gpu-parts/telemetry-test                     crates/moebox-telemetry/tests/gpu.rs, built
+#                                                 (release) and stripped (no ONNX Runtime in it)
 #   tests/gpu/SHA256SUMS                          sha256 of the three libraries (what run.sh checks
 #                                                 after unpacking; they come from the pinned wheel)
 #   tests/gpu/parts.sha256                        the same lines as .gpu-parts/SHA256SUMS, so they
@@ -37,11 +40,13 @@ MAX_PART_BYTES=$((60 * 1024 * 1024))
 
 wheel=""
 bin_only=0
+telemetry_only=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --wheel) wheel=$2; shift 2 ;;
         --part-size) PART_SIZE=$2; shift 2 ;;
         --bin) bin_only=1; shift ;;
+        --telemetry-test) telemetry_only=1; shift ;;
         -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "make-parts: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -71,8 +76,26 @@ strip_binary() {
     echo "make-parts: .gpu-parts/moebox ($(stat -c %s "$DEST/moebox") bytes, debug info stripped)"
 }
 
-if [ "$bin_only" = 1 ]; then
-    strip_binary
+# The telemetry gpu_ test as one executable: cargo names it by hash, so ask cargo which it is.
+telemetry_test() {
+    local exe
+    exe=$(cd "$REPO" && cargo test --release -p moebox-telemetry --test gpu --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
+        print(m["executable"])')
+    if [ -z "$exe" ] || [ ! -x "$exe" ]; then
+        echo "make-parts: cannot build the telemetry test (cargo test --release -p moebox-telemetry --test gpu --no-run)" >&2
+        return 1
+    fi
+    strip --strip-debug -o "$DEST/telemetry-test" "$exe"
+    echo "make-parts: .gpu-parts/telemetry-test ($(stat -c %s "$DEST/telemetry-test") bytes) from $exe"
+}
+
+if [ "$bin_only" = 1 ] || [ "$telemetry_only" = 1 ]; then
+    [ "$bin_only" = 0 ] || strip_binary
+    [ "$telemetry_only" = 0 ] || telemetry_test
     exit
 fi
 

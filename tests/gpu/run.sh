@@ -688,6 +688,62 @@ check_batch() {
     fi
 }
 
+# h. Telemetry on the GPU: the gpu_ test of crates/moebox-telemetry/tests/gpu.rs samples NVML on
+# GPU 0 through the engine's live source and sampler thread for 6 s while a load keeps the GPU
+# busy, and checks the values are plausible (memory, power, temperature, clocks, utilisation) and
+# that the energy counter rises, integrates without resets and agrees with the power readings.
+# Prebuilt here (`tests/gpu/make-parts.sh --telemetry-test` writes .gpu-parts/telemetry-test; a
+# stage call may have brought it to /tmp/moebox-gpu/ earlier). It needs no ONNX Runtime.
+TELEMETRY_LOAD_S=25   # the load outlives the test: start-up (~5 s) + 6 s of sampling + margin
+check_telemetry() {
+    section "h. NVML telemetry on GPU 0 under load (gpu_ test)"
+    local test_bin="$REPO/.gpu-parts/telemetry-test"
+    [ -x "$test_bin" ] || test_bin="$WORK/telemetry-test"
+    [ -x "$test_bin" ] || { result h.telemetry SKIP "no test binary (tests/gpu/make-parts.sh --telemetry-test, then carry .gpu-parts/telemetry-test)"; return; }
+    [ -z "${MOEBOX_GPU_DRY_EP:-}" ] || { result h.telemetry SKIP "dry run: no GPU to sample"; return; }
+    in_budget h.telemetry || return
+    local load_pid="" load_kind="" rc
+    # The load: PyTorch fp16 matmuls when the device's python has CUDA torch, else moebox bench
+    # on the fp16 CUDA export.
+    if timeout 60 python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
+        timeout -k 5 "$TELEMETRY_LOAD_S" python3 -c '
+import sys, time, torch
+end = time.time() + float(sys.argv[1])
+a = torch.randn(8192, 8192, device="cuda:0", dtype=torch.float16)
+n = 0
+while time.time() < end:
+    b = a @ a
+    n += 1
+    if n % 16 == 0:
+        torch.cuda.synchronize()
+print(f"load: {n} fp16 matmuls of 8192x8192", flush=True)
+' "$TELEMETRY_LOAD_S" >"$LOGS/telemetry-load.log" 2>&1 &
+        load_pid=$!; load_kind="pytorch fp16 matmul"
+    elif [ -n "$BIN" ] && [ -f "$ORT_LIB" ]; then
+        ORT_DYLIB_PATH="$ORT_LIB" timeout -k 5 "$TELEMETRY_LOAD_S" "$BIN" bench --model "$FP16_MODEL" \
+            --execution-provider cuda --gpu 0 --concurrency 32 --max-tokens 128 --long-max-tokens 128 \
+            >"$LOGS/telemetry-load.log" 2>&1 &
+        load_pid=$!; load_kind="moebox bench (fp16 export)"
+    else
+        load_kind="none available (no CUDA torch, no binary + ONNX Runtime GPU)"
+    fi
+    echo "telemetry load: $load_kind"
+    # Let the load get past CUDA start-up before the window opens.
+    [ -n "$load_pid" ] && sleep 5
+    timeout -k 5 60 "$test_bin" gpu_ --nocapture >"$LOGS/telemetry-test.log" 2>&1
+    rc=$?
+    if [ -n "$load_pid" ]; then kill "$load_pid" 2>/dev/null; wait "$load_pid" 2>/dev/null; fi
+    grep -aE '^(gpu 0|energy)' "$LOGS/telemetry-test.log" | cut -c1-600
+    tail -5 "$LOGS/telemetry-test.log"
+    local figures
+    figures=$(grep -a '^energy' "$LOGS/telemetry-test.log" | head -1 | cut -c1-220)
+    if [ $rc -eq 0 ] && grep -q "1 passed" "$LOGS/telemetry-test.log"; then
+        result h.telemetry PASS "${figures:-NVML sampled} (load: $load_kind)"
+    else
+        result h.telemetry FAIL "exit $rc: $(grep -a -m1 -A2 'panicked' "$LOGS/telemetry-test.log" | tr '\n' ' ' | cut -c1-300) (load: $load_kind)"
+    fi
+}
+
 # g. The continuous-batching scheduler on the GPU: aggregate tokens/s at 1, 4, 16 and 32
 # concurrent requests, and a short request's time to first token under 15 long ones.
 check_bench() {
@@ -714,6 +770,7 @@ checks() {
     check_fp32
     check_fp16
     check_batch
+    check_telemetry
     check_bench
     check_provision
     collect_logs

@@ -45,6 +45,17 @@ pub const DEFAULT_MAX_WAITING: usize = 64;
 pub const DEFAULT_PREFILL_CHUNK_TOKENS: usize = 512;
 /// `engine.socket`: the engine's Unix socket; `{gpu}` is replaced by the GPU index.
 pub const DEFAULT_ENGINE_SOCKET: &str = "/run/moebox/engine-{gpu}.sock";
+/// `engine.telemetry_interval_ms`: how often the engine samples its GPU (NVML) or, on the
+/// CPU, the package energy (RAPL). Energy comes from counters, so the interval sets the
+/// resolution of the charts, not the accuracy of the energy.
+pub const DEFAULT_TELEMETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// The shortest `engine.telemetry_interval_ms`: NVML's utilisation and power readings are
+/// averages over about that long, and sampling faster only costs CPU.
+pub const MIN_TELEMETRY_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest `engine.telemetry_interval_ms`: a RAPL energy counter wraps after
+/// `max_energy_range_uj` (about 262 kJ: 22 minutes at 200 W), and only one wrap per interval
+/// can be told apart; a minute also keeps the status page live.
+pub const MAX_TELEMETRY_INTERVAL: Duration = Duration::from_secs(60);
 /// `engine.cuda.memory_limit_bytes`: 0 means no limit beyond the device's memory.
 pub const DEFAULT_CUDA_MEMORY_LIMIT_BYTES: u64 = 0;
 
@@ -72,6 +83,24 @@ pub const DEFAULT_MIN_POWER_LIMIT_PERCENT: u32 = 90;
 
 /// `ledger.database`: the SQLite database of keys, usage and telemetry.
 pub const DEFAULT_LEDGER_DATABASE: &str = "/var/lib/moebox/moebox.sqlite";
+/// `ledger.writer_queue`: usage records waiting for the writer, at most; beyond it requests
+/// get 503 instead of memory growing (it fills only when the disk stalls).
+pub const DEFAULT_LEDGER_WRITER_QUEUE: usize = 4_096;
+/// `ledger.usage_raw_days`: per-request records kept (admins audit them); older ones live on
+/// in the hourly and daily rollups, so totals never change.
+pub const DEFAULT_LEDGER_USAGE_RAW_DAYS: u32 = 400;
+/// `ledger.usage_hourly_days`: hourly usage rollups kept (daily ones are kept for ever).
+pub const DEFAULT_LEDGER_USAGE_HOURLY_DAYS: u32 = 1_096;
+/// `ledger.telemetry_raw_days`: raw GPU samples kept.
+pub const DEFAULT_LEDGER_TELEMETRY_RAW_DAYS: u32 = 2;
+/// `ledger.telemetry_minute_days`: per-minute telemetry kept.
+pub const DEFAULT_LEDGER_TELEMETRY_MINUTE_DAYS: u32 = 30;
+/// `ledger.telemetry_hourly_days`: hourly telemetry kept (daily kept for ever).
+pub const DEFAULT_LEDGER_TELEMETRY_HOURLY_DAYS: u32 = 1_096;
+/// `ledger.compaction_interval_seconds`: how often the gateway rolls up and prunes.
+pub const DEFAULT_LEDGER_COMPACTION_INTERVAL: Duration = Duration::from_secs(3_600);
+/// Longest retention window any `ledger.*_days` key takes: a century.
+pub const MAX_LEDGER_RETENTION_DAYS: u32 = 36_525;
 
 /// `gateway.listen`: where the OpenAI API is served, unless systemd passes the listening
 /// socket (socket activation: `moebox-gateway.socket` on port 443).
@@ -115,6 +144,9 @@ pub const DEFAULT_GATEWAY_ENGINE_POLL_INTERVAL: Duration = Duration::from_millis
 /// `gateway.engine_connect_timeout_ms`: connecting to an engine socket and getting its answer
 /// head; a wedged engine is skipped (and the request failed over) after this.
 pub const DEFAULT_GATEWAY_ENGINE_CONNECT_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// `gateway.telemetry_poll_interval_seconds`: how often the gateway collects each engine's
+/// telemetry samples into the ledger (an engine keeps an hour of them).
+pub const DEFAULT_GATEWAY_TELEMETRY_POLL_INTERVAL: Duration = Duration::from_secs(30);
 /// `gateway.max_body_bytes`: largest request body; larger is 413. The longest prompt the
 /// engine accepts (`engine.max_sequence_tokens`) is far smaller in JSON.
 pub const DEFAULT_GATEWAY_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -158,6 +190,9 @@ pub struct Config {
     pub provision: ProvisionConfig,
     pub ledger: LedgerConfig,
     pub gateway: GatewayConfig,
+    /// `[tco]`: the cost model's prices and assets. Its types live in `moebox-tco`, which
+    /// holds their named defaults (`moebox_tco::model::DEFAULT_*`) and their validation.
+    pub tco: moebox_tco::CostModel,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -184,6 +219,8 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     pub prefill_chunk_tokens: usize,
     pub socket: String,
+    /// Between [`MIN_TELEMETRY_INTERVAL`] and [`MAX_TELEMETRY_INTERVAL`].
+    pub telemetry_interval_ms: u64,
     pub cuda: CudaConfig,
 }
 
@@ -191,6 +228,10 @@ impl EngineConfig {
     /// The socket path for GPU `gpu`.
     pub fn socket_for(&self, gpu: u32) -> PathBuf {
         PathBuf::from(self.socket.replace("{gpu}", &gpu.to_string()))
+    }
+
+    pub fn telemetry_interval(&self) -> Duration {
+        Duration::from_millis(self.telemetry_interval_ms)
     }
 }
 
@@ -207,6 +248,7 @@ impl Default for EngineConfig {
             max_waiting: DEFAULT_MAX_WAITING,
             prefill_chunk_tokens: DEFAULT_PREFILL_CHUNK_TOKENS,
             socket: DEFAULT_ENGINE_SOCKET.to_owned(),
+            telemetry_interval_ms: millis(DEFAULT_TELEMETRY_INTERVAL),
             cuda: CudaConfig::default(),
         }
     }
@@ -315,13 +357,33 @@ impl ProvisionConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
     pub database: PathBuf,
+    pub writer_queue: usize,
+    pub usage_raw_days: u32,
+    pub usage_hourly_days: u32,
+    pub telemetry_raw_days: u32,
+    pub telemetry_minute_days: u32,
+    pub telemetry_hourly_days: u32,
+    pub compaction_interval_seconds: u64,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
         Self {
             database: PathBuf::from(DEFAULT_LEDGER_DATABASE),
+            writer_queue: DEFAULT_LEDGER_WRITER_QUEUE,
+            usage_raw_days: DEFAULT_LEDGER_USAGE_RAW_DAYS,
+            usage_hourly_days: DEFAULT_LEDGER_USAGE_HOURLY_DAYS,
+            telemetry_raw_days: DEFAULT_LEDGER_TELEMETRY_RAW_DAYS,
+            telemetry_minute_days: DEFAULT_LEDGER_TELEMETRY_MINUTE_DAYS,
+            telemetry_hourly_days: DEFAULT_LEDGER_TELEMETRY_HOURLY_DAYS,
+            compaction_interval_seconds: DEFAULT_LEDGER_COMPACTION_INTERVAL.as_secs(),
         }
+    }
+}
+
+impl LedgerConfig {
+    pub fn compaction_interval(&self) -> Duration {
+        Duration::from_secs(self.compaction_interval_seconds)
     }
 }
 
@@ -353,6 +415,7 @@ pub struct GatewayConfig {
     pub engine_count: u32,
     pub engine_poll_interval_ms: u64,
     pub engine_connect_timeout_ms: u64,
+    pub telemetry_poll_interval_seconds: u64,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -388,6 +451,7 @@ impl Default for GatewayConfig {
             engine_count: DEFAULT_GATEWAY_ENGINE_COUNT,
             engine_poll_interval_ms: millis(DEFAULT_GATEWAY_ENGINE_POLL_INTERVAL),
             engine_connect_timeout_ms: millis(DEFAULT_GATEWAY_ENGINE_CONNECT_TIMEOUT),
+            telemetry_poll_interval_seconds: DEFAULT_GATEWAY_TELEMETRY_POLL_INTERVAL.as_secs(),
             max_body_bytes: DEFAULT_GATEWAY_MAX_BODY_BYTES,
             max_header_bytes: DEFAULT_GATEWAY_MAX_HEADER_BYTES,
             max_headers: DEFAULT_GATEWAY_MAX_HEADERS,
@@ -431,6 +495,10 @@ impl GatewayConfig {
 
     pub fn engine_connect_timeout(&self) -> Duration {
         Duration::from_millis(self.engine_connect_timeout_ms)
+    }
+
+    pub fn telemetry_poll_interval(&self) -> Duration {
+        Duration::from_secs(self.telemetry_poll_interval_seconds)
     }
 
     pub fn tls_handshake_timeout(&self) -> Duration {
@@ -638,6 +706,18 @@ impl Config {
                 ),
             ));
         }
+        let interval = self.engine.telemetry_interval();
+        if !(MIN_TELEMETRY_INTERVAL..=MAX_TELEMETRY_INTERVAL).contains(&interval) {
+            return Err(invalid(
+                "engine.telemetry_interval_ms",
+                format!(
+                    "must be between {} and {} (milliseconds), got {}",
+                    millis(MIN_TELEMETRY_INTERVAL),
+                    millis(MAX_TELEMETRY_INTERVAL),
+                    self.engine.telemetry_interval_ms
+                ),
+            ));
+        }
         if !self.engine.socket.starts_with('/') {
             return Err(invalid(
                 "engine.socket",
@@ -660,16 +740,67 @@ impl Config {
         }
         self.validate_provision(origin)?;
         self.validate_ledger(origin)?;
-        self.validate_gateway(origin)
+        self.validate_gateway(origin)?;
+        self.tco.validate().map_err(|e| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: format!("tco.{}", e.path),
+            message: e.message,
+        })
     }
 
     fn validate_ledger(&self, origin: &str) -> Result<(), ConfigError> {
-        if self.ledger.database.as_os_str().is_empty() {
-            return Err(ConfigError::Invalid {
-                origin: origin.to_owned(),
-                key: "ledger.database".to_owned(),
-                message: "must be a path to the SQLite database".to_owned(),
-            });
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let ledger = &self.ledger;
+        if ledger.database.as_os_str().is_empty() {
+            return Err(invalid(
+                "ledger.database",
+                "must be a path to the SQLite database".to_owned(),
+            ));
+        }
+        if ledger.writer_queue == 0 || ledger.writer_queue > 1 << 20 {
+            return Err(invalid(
+                "ledger.writer_queue",
+                format!("must be 1 to {}, got {}", 1 << 20, ledger.writer_queue),
+            ));
+        }
+        if ledger.compaction_interval_seconds == 0 {
+            return Err(invalid(
+                "ledger.compaction_interval_seconds",
+                "must be at least 1, got 0".to_owned(),
+            ));
+        }
+        let windows = [
+            ("ledger.usage_raw_days", ledger.usage_raw_days),
+            ("ledger.usage_hourly_days", ledger.usage_hourly_days),
+            ("ledger.telemetry_raw_days", ledger.telemetry_raw_days),
+            ("ledger.telemetry_minute_days", ledger.telemetry_minute_days),
+            ("ledger.telemetry_hourly_days", ledger.telemetry_hourly_days),
+        ];
+        for (key, days) in windows {
+            if !(1..=MAX_LEDGER_RETENTION_DAYS).contains(&days) {
+                return Err(invalid(
+                    key,
+                    format!("must be 1 to {MAX_LEDGER_RETENTION_DAYS} days, got {days}"),
+                ));
+            }
+        }
+        // A query falls back from fine tables to coarse ones: a finer table may not outlive
+        // the coarser one behind it.
+        for [(fine, fine_days), (coarse, coarse_days)] in [
+            [windows[0], windows[1]],
+            [windows[2], windows[3]],
+            [windows[3], windows[4]],
+        ] {
+            if fine_days > coarse_days {
+                return Err(invalid(
+                    fine,
+                    format!("must not be longer than {coarse} ({coarse_days}), got {fine_days}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -797,6 +928,10 @@ impl Config {
                 gateway.tls_handshake_timeout_seconds,
             ),
             ("gateway.idle_timeout_seconds", gateway.idle_timeout_seconds),
+            (
+                "gateway.telemetry_poll_interval_seconds",
+                gateway.telemetry_poll_interval_seconds,
+            ),
             (
                 "gateway.auth_failures_per_minute",
                 u64::from(gateway.auth_failures_per_minute),
@@ -953,6 +1088,43 @@ mod tests {
         .expect_err("budget below one row");
         assert_eq!(err.key(), Some("engine.kv_budget_tokens"));
         assert!(err.to_string().contains("4096"), "{err}");
+    }
+
+    #[test]
+    fn telemetry_interval_defaults_and_bounds() {
+        let config = Config::from_toml_str("", "<test>").expect("empty config is valid");
+        assert_eq!(
+            config.engine.telemetry_interval(),
+            DEFAULT_TELEMETRY_INTERVAL
+        );
+        for (ms, ok) in [
+            (100, true),
+            (60_000, true),
+            (99, false),
+            (0, false),
+            (60_001, false),
+        ] {
+            let text = format!("[engine]\ntelemetry_interval_ms = {ms}\n");
+            match Config::from_toml_str(&text, "<test>") {
+                Ok(config) => {
+                    assert!(ok, "{ms} accepted");
+                    assert_eq!(
+                        config.engine.telemetry_interval(),
+                        Duration::from_millis(ms)
+                    );
+                }
+                Err(err) => {
+                    assert!(!ok, "{ms} refused: {err}");
+                    assert_eq!(err.key(), Some("engine.telemetry_interval_ms"));
+                    let text = err.to_string();
+                    assert!(
+                        text.contains("between 100 and 60000")
+                            && text.contains(&format!("got {ms}")),
+                        "{text}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -1169,6 +1341,143 @@ mod tests {
         ] {
             let err = Config::from_toml_str(text, "<test>").expect_err(text);
             assert_eq!(err.key(), Some(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn tco_defaults_are_the_appliance_pair_of_a100s() {
+        let config = Config::from_toml_str("", "<test>").expect("empty config is valid");
+        let asset = &config.tco.assets[0];
+        assert_eq!(
+            asset.purchase_price,
+            moebox_tco::model::DEFAULT_ASSET_PURCHASE_PRICE
+        );
+        assert_eq!(
+            asset.amortisation_months,
+            moebox_tco::model::DEFAULT_AMORTISATION_MONTHS
+        );
+        assert_eq!(asset.method(), moebox_tco::Method::StraightLine);
+        assert_eq!(config.tco.currency.code(), "USD");
+        assert_eq!(config.tco.alternatives.len(), 2);
+    }
+
+    #[test]
+    fn tco_section_parses_native_dates_and_decimals() {
+        let config = Config::from_toml_str(
+            r#"
+[tco]
+currency = "EUR"
+
+[[tco.assets]]
+name = "GPU server"
+purchase_price = 31500.50
+purchase_date = 2024-02-29
+amortisation_months = 36
+residual_value = "1500"
+method = "declining_balance"
+declining_factor = 1.5
+
+[[tco.fixed_costs]]
+name = "Rack space"
+monthly = 250
+
+[tco.energy]
+price_per_kwh = 0.2315
+pue = 1.4
+
+[[tco.energy.tariff_bands]]
+name = "night"
+from_hour = 22
+to_hour = 6
+price_per_kwh = 0.12
+
+[[tco.alternatives]]
+name = "Hosted API"
+input_per_million = 2.5
+output_per_million = 10
+"#,
+            "<test>",
+        )
+        .expect("valid");
+        let asset = &config.tco.assets[0];
+        assert_eq!(asset.purchase_date.to_string(), "2024-02-29");
+        assert_eq!(asset.purchase_price.micros(), 31_500_500_000);
+        assert_eq!(config.tco.energy.price_per_kwh.micros(), 231_500);
+        assert_eq!(config.tco.energy.price_at(23).micros(), 120_000);
+        assert_eq!(config.tco.alternatives.len(), 1);
+        let text = config.to_toml_string();
+        assert_eq!(
+            Config::from_toml_str(&text, "<roundtrip>").expect("parses"),
+            config
+        );
+    }
+
+    /// The README's commented `[tco]` example, uncommented, is a valid config.
+    #[test]
+    fn readme_tco_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("# [tco]\n")
+            .expect("README has the [tco] example");
+        let example: String = readme[start..]
+            .lines()
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| line.strip_prefix("# ").unwrap_or("").to_owned() + "\n")
+            .collect();
+        let config = Config::from_toml_str(&example, "README.md").expect("example is valid");
+        assert_eq!(config.tco.fixed_costs.len(), 2, "{example}");
+        assert_eq!(config.tco.energy.tariff_bands.len(), 1);
+        assert_eq!(config.tco.alternatives.len(), 2);
+        assert_eq!(config.tco.assets[0].amortisation_months, 24);
+    }
+
+    #[test]
+    fn tco_mistakes_are_named_with_their_path() {
+        let asset = "[[tco.assets]]\nname = \"gpu\"\npurchase_price = 1000\npurchase_date = \"2026-01-01\"\n";
+        for (text, key) in [
+            (
+                format!("{asset}amortisation_months = 0\n"),
+                "tco.assets[0].amortisation_months",
+            ),
+            (
+                format!("{asset}amortisation_months = \"two years\"\n"),
+                "tco.assets[0].amortisation_months",
+            ),
+            (
+                format!("{asset}residual_value = 2000\n"),
+                "tco.assets[0].residual_value",
+            ),
+            (
+                format!("{asset}[[tco.assets]]\nname = \"b\"\npurchase_price = 1\npurchase_date = \"2026-02-30\"\n"),
+                "tco.assets[1].purchase_date",
+            ),
+            (
+                format!("{asset}method = \"sum_of_years\"\n"),
+                "tco.assets[0].method",
+            ),
+            (
+                format!("{asset}price = 5\n"),
+                "tco.assets[0].price",
+            ),
+            ("[tco]\ncurrency = \"dollars\"\n".to_owned(), "tco.currency"),
+            ("[tco.energy]\nprice_per_kwh = 0.1234567\n".to_owned(), "tco.energy.price_per_kwh"),
+            ("[tco.energy]\npue = 0.5\n".to_owned(), "tco.energy.pue"),
+            (
+                "[[tco.energy.tariff_bands]]\nname = \"peak\"\nfrom_hour = 25\nto_hour = 3\nprice_per_kwh = 1\n".to_owned(),
+                "tco.energy.tariff_bands[0].from_hour",
+            ),
+            (
+                "[[tco.alternatives]]\nname = \"x\"\nper_hour = -1\n".to_owned(),
+                "tco.alternatives[0].per_hour",
+            ),
+            ("[tco]\nbreak_even_horizon_months = 0\n".to_owned(), "tco.break_even_horizon_months"),
+        ] {
+            let err = Config::from_toml_str(&text, "moebox.toml").expect_err(&text);
+            assert_eq!(err.key(), Some(key), "{text}: {err}");
+            assert!(
+                err.to_string().starts_with(&format!("moebox.toml: key `{key}`")),
+                "{err}"
+            );
         }
     }
 

@@ -3,7 +3,10 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use moebox_engine::scheduler::{EngineHandle, Submission};
-use moebox_protocol::{EngineState, ErrorBody, ErrorCode, GenerateRequest, Health, Load};
+use moebox_protocol::{
+    EngineState, ErrorBody, ErrorCode, GenerateRequest, Health, Load, telemetry::TelemetryBatch,
+};
+use moebox_telemetry::TelemetryLog;
 
 use crate::{LOADING_RETRY_AFTER_SECONDS, http::Backend};
 
@@ -14,21 +17,27 @@ enum Phase {
     Running(EngineHandle),
 }
 
-/// The server's backend from the moment the socket is bound: answers health and readiness
-/// while the model loads, and serves once the scheduler runs.
+/// The server's backend from the moment the socket is bound: answers health, readiness and
+/// telemetry while the model loads, and serves once the scheduler runs.
 #[derive(Debug)]
 pub struct EngineSlot {
     model: String,
     state: Mutex<(Phase, String)>,
+    telemetry: TelemetryLog,
 }
 
 impl EngineSlot {
     /// `model` as `/v1/models` lists it (the folder's name); `device` as configured (`cpu`,
-    /// `cuda:N`) until the model says where it runs.
-    pub fn new(model: impl Into<String>, device: impl Into<String>) -> Self {
+    /// `cuda:N`) until the model says where it runs; `telemetry` the ring the sampler fills.
+    pub fn new(
+        model: impl Into<String>,
+        device: impl Into<String>,
+        telemetry: TelemetryLog,
+    ) -> Self {
         Self {
             model: model.into(),
             state: Mutex::new((Phase::Loading, device.into())),
+            telemetry,
         }
     }
 
@@ -99,17 +108,27 @@ impl Backend for EngineSlot {
     fn load(&self) -> Option<Load> {
         self.handle().map(|handle| handle.load())
     }
+
+    fn telemetry(&self, since: u64) -> TelemetryBatch {
+        self.telemetry.since(since)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use moebox_protocol::Prompt;
 
     use super::*;
 
+    fn log() -> TelemetryLog {
+        TelemetryLog::new("test", Duration::from_secs(5), 4)
+    }
+
     #[test]
     fn before_the_scheduler_runs_requests_are_refused_with_retry_after() {
-        let slot = EngineSlot::new("tiny-moe", "cuda:1");
+        let slot = EngineSlot::new("tiny-moe", "cuda:1", log());
         assert_eq!(
             slot.health(),
             Health {
@@ -139,5 +158,22 @@ mod tests {
             .submit(GenerateRequest::new(Prompt::Text("hi".into())))
             .expect_err("refused");
         assert!(refusal.message.contains("warming"), "{}", refusal.message);
+    }
+
+    #[test]
+    fn telemetry_is_served_while_the_model_loads() {
+        let telemetry = log();
+        let slot = EngineSlot::new("tiny-moe", "cpu", telemetry.clone());
+        let reading = moebox_protocol::telemetry::Reading::Unavailable {
+            tried: moebox_protocol::telemetry::SourceKind::Rapl,
+            kind: moebox_protocol::telemetry::UnavailableKind::NotSupported,
+            reason: "no powercap".into(),
+        };
+        telemetry.push(1, Duration::ZERO, reading.clone());
+        assert_eq!(slot.health().state, EngineState::Loading);
+        let batch = slot.telemetry(0);
+        assert_eq!((batch.instance.as_str(), batch.latest_seq), ("test", 1));
+        assert_eq!(batch.samples[0].reading, reading);
+        assert!(slot.telemetry(1).samples.is_empty());
     }
 }

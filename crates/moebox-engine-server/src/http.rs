@@ -23,7 +23,8 @@ use hyper_util::{
 };
 use moebox_protocol::{
     ErrorBody, ErrorCode, Event, GENERATE_PATH, GenerateRequest, HEALTH_PATH, Health, LOAD_PATH,
-    Load, NDJSON, READY_PATH,
+    Load, NDJSON, READY_PATH, TELEMETRY_PATH,
+    telemetry::{SINCE_PARAM, TelemetryBatch},
 };
 use tokio::{net::UnixListener, sync::Semaphore, task::JoinSet};
 
@@ -80,6 +81,9 @@ pub trait Backend: Send + Sync + 'static {
     fn health(&self) -> Health;
     /// `None` until the engine runs.
     fn load(&self) -> Option<Load>;
+    /// The telemetry samples taken after sample `since`. Served from the start, while the
+    /// model loads too; must not block (the sampler runs on its own thread).
+    fn telemetry(&self, since: u64) -> TelemetryBatch;
 }
 
 /// How the server ended.
@@ -199,7 +203,11 @@ async fn route<B: Backend>(
                 retry_after_seconds: Some(LOADING_RETRY_AFTER_SECONDS),
             }),
         },
-        (_, GENERATE_PATH | HEALTH_PATH | READY_PATH | LOAD_PATH) => {
+        (&Method::GET, TELEMETRY_PATH) => match parse_since(request.uri().query()) {
+            Ok(since) => json(StatusCode::OK, &backend.telemetry(since)),
+            Err(body) => error(body),
+        },
+        (_, GENERATE_PATH | HEALTH_PATH | READY_PATH | LOAD_PATH | TELEMETRY_PATH) => {
             let allowed = if path == GENERATE_PATH { "POST" } else { "GET" };
             let mut response = error_with_status(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -215,7 +223,7 @@ async fn route<B: Backend>(
             invalid(
                 None,
                 format!(
-                    "no such endpoint: {method} {path} (the engine serves POST {GENERATE_PATH}, GET {HEALTH_PATH}, {READY_PATH}, {LOAD_PATH})"
+                    "no such endpoint: {method} {path} (the engine serves POST {GENERATE_PATH}, GET {HEALTH_PATH}, {READY_PATH}, {LOAD_PATH}, {TELEMETRY_PATH})"
                 ),
             ),
         ),
@@ -314,6 +322,38 @@ pub fn parse_request(bytes: &[u8]) -> Result<GenerateRequest, ErrorBody> {
         .end()
         .map_err(|e| invalid(None, format!("invalid request body: {e}")))?;
     Ok(request)
+}
+
+/// The `since` of `GET /v1/telemetry?since=SEQ`: absent means 0 (everything the engine holds).
+/// Anything else in the query is refused by name, so a typo never silently means "all".
+pub fn parse_since(query: Option<&str>) -> Result<u64, ErrorBody> {
+    let mut since = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != SINCE_PARAM {
+            return Err(invalid(
+                Some(name),
+                format!("{TELEMETRY_PATH} takes only `{SINCE_PARAM}`, not `{name}`"),
+            ));
+        }
+        if since.is_some() {
+            return Err(invalid(
+                Some(SINCE_PARAM),
+                format!("`{SINCE_PARAM}` given more than once"),
+            ));
+        }
+        let parsed = value.parse::<u64>().map_err(|_| {
+            invalid(
+                Some(SINCE_PARAM),
+                format!(
+                    "`{SINCE_PARAM}` must be a sample sequence number (0 to {}), got {value:?}",
+                    u64::MAX
+                ),
+            )
+        })?;
+        since = Some(parsed);
+    }
+    Ok(since.unwrap_or(0))
 }
 
 /// The HTTP status of a refusal.
@@ -490,6 +530,35 @@ mod tests {
             parse_request(br#"{"prompt":{"kind":"tokens","value":[1,2]},"max_tokens":4}"#)
                 .expect("parses");
         assert_eq!(request.max_tokens, Some(4));
+    }
+
+    #[test]
+    fn since_is_the_only_telemetry_parameter() {
+        assert_eq!(parse_since(None).expect("absent"), 0);
+        assert_eq!(parse_since(Some("")).expect("empty"), 0);
+        assert_eq!(parse_since(Some("since=42")).expect("given"), 42);
+        assert_eq!(
+            parse_since(Some(&format!("since={}", u64::MAX))).expect("largest"),
+            u64::MAX
+        );
+        for (query, param, words) in [
+            ("since=-1", "since", "got \"-1\""),
+            ("since=", "since", "got \"\""),
+            ("since=1e3", "since", "sequence number"),
+            (
+                "since=18446744073709551616",
+                "since",
+                "0 to 18446744073709551615",
+            ),
+            ("since=1&since=2", "since", "more than once"),
+            ("sinse=4", "sinse", "takes only `since`"),
+            ("since=1&limit=5", "limit", "not `limit`"),
+        ] {
+            let err = parse_since(Some(query)).expect_err(query);
+            assert_eq!(err.code, ErrorCode::InvalidRequest, "{query}");
+            assert_eq!(err.param.as_deref(), Some(param), "{query}");
+            assert!(err.message.contains(words), "{query}: {}", err.message);
+        }
     }
 
     #[test]

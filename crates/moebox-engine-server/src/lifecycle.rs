@@ -1,6 +1,9 @@
 //! One engine process from start to exit: bind the socket, load the model (answering health
 //! checks meanwhile), warm up, report ready, serve, and on SIGTERM or SIGINT drain and exit.
 //!
+//! Telemetry is sampled from the start (before the model loads, so the energy of loading is
+//! counted too) on its own thread: NVML for the engine's GPU, RAPL for an engine on the CPU.
+//!
 //! systemd hears about each step through `sd_notify`: `STATUS=` lines and `EXTEND_TIMEOUT_USEC`
 //! while loading, `READY=1` after the warm-up, `WATCHDOG=1` from the scheduler loop itself (a
 //! wedged scheduler stops pinging and gets restarted), `STOPPING=1` when the drain begins.
@@ -14,6 +17,7 @@ use moebox_engine::{
     scheduler::{self, EngineHandle, SchedulerLimits, StartError},
 };
 use moebox_systemd::{Notifier, SystemdEnv, Watchdog};
+use moebox_telemetry::{RING_CAPACITY, SamplerThread, Target, TelemetryLog, rapl::POWERCAP_DIR};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::oneshot,
@@ -50,6 +54,8 @@ pub enum EngineError {
     AsyncRuntime(std::io::Error),
     #[error("cannot listen for SIGTERM and SIGINT: {0}")]
     Signals(std::io::Error),
+    #[error("cannot start the telemetry thread: {0}")]
+    Telemetry(std::io::Error),
     #[error(transparent)]
     OnnxRuntime(RuntimeError),
     #[error("cannot load the model folder {dir}: {cause}{hint}")]
@@ -169,7 +175,23 @@ async fn run_async(process: EngineProcess) -> Result<(), EngineError> {
         ExecutionProviderKind::Cpu => "cpu".to_owned(),
         ExecutionProviderKind::Cuda => format!("cuda:{gpu}"),
     };
-    let slot = Arc::new(EngineSlot::new(model_name, planned_device.clone()));
+    let telemetry = TelemetryLog::new(
+        telemetry_instance(pid),
+        config.engine.telemetry_interval(),
+        RING_CAPACITY,
+    );
+    let target = match config.engine.execution_provider {
+        ExecutionProviderKind::Cuda => Target::Gpu(gpu),
+        ExecutionProviderKind::Cpu => Target::CpuPackages(POWERCAP_DIR.into()),
+    };
+    // Dropped on every way out of this function, which stops the thread.
+    let _sampler = SamplerThread::start(moebox_telemetry::live_source(target), telemetry.clone())
+        .map_err(EngineError::Telemetry)?;
+    let slot = Arc::new(EngineSlot::new(
+        model_name,
+        planned_device.clone(),
+        telemetry,
+    ));
     let (stop_serving, stop_rx) = oneshot::channel::<()>();
     let mut server = tokio::spawn(serve(listener, Arc::clone(&slot), limits, async {
         let _ = stop_rx.await;
@@ -261,6 +283,15 @@ async fn run_async(process: EngineProcess) -> Result<(), EngineError> {
     });
     drop(socket_file);
     Ok(())
+}
+
+/// Names this engine process in telemetry batches: a restarted engine (new pid, later start)
+/// gets a new name, which tells the poller that sequence numbers started over.
+fn telemetry_instance(pid: u32) -> String {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{pid}-{started}")
 }
 
 /// Reports a start-up failure, closes the server, and hands the error back.

@@ -21,19 +21,36 @@ use moebox_engine_server::{Backend, Drained, EventStream, ServerLimits, serve};
 use moebox_protocol::{
     EngineState, ErrorBody, ErrorCode, Event, FinishReason, GenerateRequest, Health, Load, Prompt,
     Usage,
+    telemetry::{CounterEvent, GpuSample, Reading, TelemetryBatch},
 };
+use moebox_telemetry::{Recorded, Sampler, Source, TelemetryLog};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use unix_http::{get_json, send};
 
 /// A backend whose streams the test drives by hand.
-#[derive(Default)]
 struct Scripted {
     state: Mutex<Option<EngineState>>,
     /// Senders of the streams opened with the prompt `"open"`, in order.
     open: Mutex<Vec<mpsc::Sender<Event>>>,
     /// Streams dropped by the server.
     dropped: Arc<AtomicUsize>,
+    /// What the test samples into (by hand, through the real sampler).
+    telemetry: TelemetryLog,
+}
+
+/// The ring of the scripted backend: small, so a test can overflow it.
+const TELEMETRY_CAPACITY: usize = 4;
+
+impl Default for Scripted {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            open: Mutex::default(),
+            dropped: Arc::default(),
+            telemetry: TelemetryLog::new("scripted-1", Duration::from_secs(5), TELEMETRY_CAPACITY),
+        }
+    }
 }
 
 struct ScriptedEvents {
@@ -119,6 +136,10 @@ impl Backend for Scripted {
             running: self.open.lock().expect("lock").len() as u32,
             ..Load::default()
         })
+    }
+
+    fn telemetry(&self, since: u64) -> TelemetryBatch {
+        self.telemetry.since(since)
     }
 }
 
@@ -567,4 +588,125 @@ fn the_drain_timeout_cuts_streams_that_do_not_finish() {
         stream.is_closed(),
         "the cut stream's generation is cancelled"
     );
+}
+
+/// Recorded NVML readings of one GPU whose energy counter climbs 1.5 kJ per 5 s sample.
+fn recorded_gpu(samples: u64) -> Recorded {
+    Recorded::new((0..samples).map(|n| Reading::Nvml {
+        driver_version: "580.65.06".into(),
+        gpus: vec![GpuSample {
+            index: 0,
+            uuid: Some("GPU-5c2f".into()),
+            utilisation_gpu_percent: Some(97),
+            power_mw: Some(301_500),
+            energy_counter_mj: Some(80_000_000 + n * 1_500_000),
+            ..GpuSample::default()
+        }],
+    }))
+}
+
+fn telemetry(server: &Server, query: &str) -> (u16, Value) {
+    get_json(&server.socket, &format!("/v1/telemetry{query}"))
+}
+
+#[test]
+fn telemetry_serves_the_samples_after_since_with_energy_and_gaps() {
+    let server = Server::start(ServerLimits::default());
+    // Served while the model loads, before the first sample too.
+    *server.backend.state.lock().expect("lock") = Some(EngineState::Loading);
+    let (status, empty) = telemetry(&server, "");
+    assert_eq!(status, 200, "{empty}");
+    assert_eq!(
+        serde_json::from_value::<TelemetryBatch>(empty).expect("a batch"),
+        TelemetryBatch {
+            instance: "scripted-1".into(),
+            interval_ms: 5000,
+            capacity: TELEMETRY_CAPACITY as u32,
+            latest_seq: 0,
+            missed: 0,
+            samples: Vec::new()
+        }
+    );
+
+    let mut source = recorded_gpu(7);
+    let mut sampler = Sampler::default();
+    let mut sample = |n: u64| {
+        let mut reading = source.read();
+        sampler.integrate(&mut reading, Duration::from_secs(5 * n));
+        server.backend.telemetry.push(
+            1_764_000_000_000 + 5_000 * n,
+            Duration::from_secs(5 * n),
+            reading,
+        );
+    };
+    for n in 0..3 {
+        sample(n);
+    }
+    let (status, body) = telemetry(&server, "?since=0");
+    assert_eq!(status, 200);
+    let batch: TelemetryBatch = serde_json::from_value(body.clone()).expect("a batch");
+    assert_eq!((batch.latest_seq, batch.missed), (3, 0));
+    let energy: Vec<_> = batch
+        .samples
+        .iter()
+        .map(|s| match &s.reading {
+            Reading::Nvml { gpus, .. } => gpus[0].energy.expect("energy"),
+            other => panic!("{other:?}"),
+        })
+        .map(|e| (e.total_mj, e.delta_mj, e.event))
+        .collect();
+    assert_eq!(
+        energy,
+        [
+            (0, 0, Some(CounterEvent::First)),
+            (1_500_000, 1_500_000, None),
+            (3_000_000, 1_500_000, None)
+        ]
+    );
+    // The wire names, as a poller in another language would read them.
+    let gpu = &body["samples"][2]["reading"];
+    assert_eq!(gpu["source"], "nvml");
+    assert_eq!(gpu["gpus"][0]["power_mw"], 301_500);
+    assert_eq!(gpu["gpus"][0]["energy"]["total_mj"], 3_000_000);
+    assert_eq!(body["samples"][2]["uptime_ms"], 10_000);
+
+    // A poller that stored up to 2 gets 3 only.
+    let (_, body) = telemetry(&server, "?since=2");
+    assert_eq!(body["samples"].as_array().expect("samples").len(), 1);
+    assert_eq!(body["samples"][0]["seq"], 3);
+
+    // Four more overflow the ring of four: 4..7 remain, so a poller at 2 missed 3.
+    for n in 3..7 {
+        sample(n);
+    }
+    let (_, body) = telemetry(&server, "?since=2");
+    let batch: TelemetryBatch = serde_json::from_value(body).expect("a batch");
+    assert_eq!((batch.latest_seq, batch.missed), (7, 1));
+    let seqs: Vec<u64> = batch.samples.iter().map(|s| s.seq).collect();
+    assert_eq!(seqs, [4, 5, 6, 7]);
+    // Energy is not lost in the gap: the totals carry it.
+    let Reading::Nvml { gpus, .. } = &batch.samples[3].reading else {
+        panic!("nvml");
+    };
+    assert_eq!(gpus[0].energy.map(|e| e.total_mj), Some(9_000_000));
+}
+
+#[test]
+fn telemetry_refuses_a_bad_since_by_name() {
+    let server = Server::start(ServerLimits::default());
+    for (query, param) in [("?since=abc", "since"), ("?from=3", "from")] {
+        let response = send(
+            &server.socket,
+            "GET",
+            &format!("/v1/telemetry{query}"),
+            None,
+        );
+        assert_eq!(response.status, 400, "{query}");
+        let body = response.json();
+        assert_eq!(body["code"], "invalid_request");
+        assert_eq!(body["param"], param, "{body}");
+    }
+    let response = send(&server.socket, "POST", "/v1/telemetry", None);
+    assert_eq!(response.status, 405);
+    assert_eq!(response.header("allow"), Some("GET"));
 }

@@ -135,6 +135,7 @@ struct Counters {
     kv_used: AtomicU64,
     kv_reserved: AtomicU64,
     generated_total: AtomicU64,
+    prefill_runs: AtomicU64,
 }
 
 /// What submitting threads share: the tokenizer and template (requests are checked and
@@ -232,6 +233,7 @@ pub fn start(
                 waiting,
                 running: Vec::new(),
                 prefilling: VecDeque::new(),
+                batched_prefill: true,
                 flushing: Vec::new(),
                 heartbeat,
             }
@@ -282,6 +284,7 @@ impl EngineHandle {
             max_running: self.shared.rows as u32,
             max_waiting: self.shared.limits.max_waiting as u32,
             generated_tokens_total: c.generated_total.load(Ordering::Relaxed),
+            prefill_runs_total: c.prefill_runs.load(Ordering::Relaxed),
         }
     }
 
@@ -524,6 +527,9 @@ struct Scheduler {
     prefilling: VecDeque<Running>,
     /// Finished sequences whose last events wait for room in the client's channel.
     flushing: Vec<Running>,
+    /// Whether fresh prompts of equal length may share a prefill run (until one such run
+    /// fails on this execution provider).
+    batched_prefill: bool,
     heartbeat: Box<dyn Fn() + Send>,
 }
 
@@ -645,14 +651,32 @@ impl Scheduler {
     }
 
     /// Prefills up to `prefill_chunk_tokens` prompt tokens this iteration, oldest sequence
-    /// first, each in its own run (GroupQueryAttention on the CPU refuses prompts of different
-    /// lengths in one run); a sequence whose prompt completes samples its first token and joins
-    /// the decoding rows.
+    /// first. Newcomers at the front whose whole prompts have the same length share one run
+    /// (a burst of similar requests: one weight pass instead of one each); otherwise each
+    /// chunk has its own run, because GroupQueryAttention on the CPU refuses rows of different
+    /// lengths or offsets in one run. A sequence whose prompt completes samples its first
+    /// token and joins the decoding rows.
     fn prefill_step(&mut self) {
         let mut budget = self.shared.limits.prefill_chunk_tokens.max(1);
-        while budget > 0 {
-            let Some(mut running) = self.prefilling.pop_front() else {
-                return;
+        while budget > 0 && !self.prefilling.is_empty() {
+            let together = self.fresh_equal_prompts(budget);
+            if together >= 2 {
+                match self.prefill_together(together) {
+                    Ok(used) => {
+                        budget -= used;
+                        continue;
+                    }
+                    Err(e) => {
+                        // Not every execution provider's attention kernel takes several fresh
+                        // rows at once; fall back to one run each, for good.
+                        tracing::warn!(error = %e, rows = together, "batched prefill failed; prefilling one sequence per run from now on");
+                        self.batched_prefill = false;
+                    }
+                }
+            }
+            let mut running = match self.prefilling.pop_front() {
+                Some(running) => running,
+                None => return,
             };
             let row = self.running.len();
             let prompt = &running.request.prompt_ids;
@@ -660,6 +684,10 @@ impl Scheduler {
             let end = (start + budget).min(prompt.len());
             let chunk = prompt[start..end].to_vec();
             budget -= chunk.len();
+            self.shared
+                .counters
+                .prefill_runs
+                .fetch_add(1, Ordering::Relaxed);
             match self
                 .model
                 .forward_batch(&mut self.cache, row, &chunk, chunk.len(), &[start])
@@ -688,6 +716,58 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// How many sequences at the front of `prefilling` have not started and have whole
+    /// prompts of the same length that fit `budget` together.
+    fn fresh_equal_prompts(&self, budget: usize) -> usize {
+        if !self.batched_prefill {
+            return 1;
+        }
+        let Some(first) = self.prefilling.front() else {
+            return 0;
+        };
+        let length = first.request.prompt_ids.len();
+        if first.prefilled != 0 || length == 0 || length > budget {
+            return 1;
+        }
+        self.prefilling
+            .iter()
+            .take_while(|r| r.prefilled == 0 && r.request.prompt_ids.len() == length)
+            .count()
+            .min(budget / length)
+    }
+
+    /// Prefills the first `count` prefilling sequences (fresh, equal prompt lengths) in one
+    /// run; each samples its first token and joins the decoding rows. Returns the prompt
+    /// tokens used. On an error nothing has changed: the caller prefills them one by one.
+    fn prefill_together(&mut self, count: usize) -> Result<usize, ModelError> {
+        let row = self.running.len();
+        let length = self.prefilling[0].request.prompt_ids.len();
+        let tokens: Vec<u32> = self
+            .prefilling
+            .iter()
+            .take(count)
+            .flat_map(|r| r.request.prompt_ids.iter().copied())
+            .collect();
+        let mut logits =
+            self.model
+                .forward_batch(&mut self.cache, row, &tokens, length, &vec![0; count])?;
+        self.shared
+            .counters
+            .prefill_runs
+            .fetch_add(1, Ordering::Relaxed);
+        let vocab = self.model.spec.vocab_size;
+        for index in 0..count {
+            let Some(mut running) = self.prefilling.pop_front() else {
+                break;
+            };
+            running.prefilled = length;
+            let slice = &mut logits[index * vocab..(index + 1) * vocab];
+            accept(&self.model, &mut running, slice, &self.shared.counters);
+            self.running.push(running);
+        }
+        Ok(count * length)
     }
 
     /// After `prefilling[index]` left (already removed), moves the last prefilling row into its

@@ -119,6 +119,48 @@ fn greedy_results_are_the_same_alone_and_in_a_full_batch() {
     });
 }
 
+/// A burst of fresh prompts of the same length shares one prefill run, and each still gets
+/// exactly what it gets alone.
+#[test]
+fn equal_length_newcomers_share_a_prefill_run_and_match_alone() {
+    let mut reference_model = model();
+    let first = reference_model
+        .tokenizer
+        .encode("Invoice 1000 for client 7")
+        .expect("encodes")
+        .len();
+    let prompts: Vec<String> = (1001..1200)
+        .map(|n| format!("Invoice {n} for client 7"))
+        .filter(|p| reference_model.tokenizer.encode(p).expect("encodes").len() == first)
+        .take(4)
+        .collect();
+    assert_eq!(prompts.len(), 4, "four prompts of {first} tokens");
+    let expected: Vec<_> = prompts
+        .iter()
+        .map(|p| alone(&mut reference_model, p, 12, SamplingParams::greedy()).0)
+        .collect();
+    let chunk = SchedulerLimits {
+        prefill_chunk_tokens: 4 * first,
+        ..limits(5, 8)
+    };
+    let engine = start(model(), chunk, Box::new(|| {})).expect("engine starts");
+    // A long request keeps the scheduler looping, so the burst arrives between iterations.
+    let blocker = engine
+        .submit(text_request("The balance sheet shows", 200))
+        .expect("admitted");
+    wait_until("the blocker runs", || engine.load().running == 1);
+    let before = engine.load().prefill_runs_total;
+    let submissions: Vec<Submission> = prompts
+        .iter()
+        .map(|p| engine.submit(text_request(p, 12)).expect("admitted"))
+        .collect();
+    let results: Vec<_> = submissions.into_iter().map(|s| collect(s).0).collect();
+    assert_eq!(results, expected);
+    let runs = engine.load().prefill_runs_total - before;
+    assert!(runs < 4, "{runs} prefill runs for 4 equal-length newcomers");
+    drop(blocker);
+}
+
 #[test]
 fn seeded_sampling_is_the_same_alone_and_in_a_batch() {
     let mut reference_model = model();

@@ -199,6 +199,33 @@ pub async fn probe(socket: &Path, timeout: Duration) -> Result<Probe, EngineErro
         })?
 }
 
+/// `GET /v1/telemetry?since=SEQ`: the engine's samples after `since`, within `timeout`.
+pub async fn telemetry(
+    socket: &Path,
+    since: u64,
+    timeout: Duration,
+) -> Result<moebox_protocol::telemetry::TelemetryBatch, EngineError> {
+    let work = async {
+        let mut connection = Connection::open(socket).await?;
+        let path = format!("{}?since={since}", moebox_protocol::TELEMETRY_PATH);
+        let response = connection
+            .send(http_request("GET", &path, Bytes::new())?)
+            .await?;
+        let status = response.status();
+        let bytes = read_bounded(&connection, response.into_body()).await?;
+        if status != StatusCode::OK {
+            return Err(refusal(&connection, status, &bytes));
+        }
+        parse(&connection, &bytes)
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| EngineError::Timeout {
+            socket: socket.to_owned(),
+            timeout,
+        })?
+}
+
 /// A generation in progress: the engine's NDJSON events, one at a time. Dropping it closes the
 /// connection, which cancels the sequence in the engine.
 #[derive(Debug)]

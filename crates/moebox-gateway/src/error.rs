@@ -29,6 +29,11 @@ pub enum ApiError {
     RevokedKey,
     #[error("this route needs an admin key")]
     AdminRequired,
+    #[error(
+        "a request made with an admin session must carry the session's token in the \
+         X-CSRF-Token header"
+    )]
+    CsrfMismatch,
     #[error("unknown URL: {method} {path}")]
     UnknownRoute { method: String, path: String },
     #[error("{method} is not allowed on {path}; use {allowed}")]
@@ -98,6 +103,11 @@ pub enum ApiError {
          it renews on the 1st (UTC)"
     )]
     BudgetExhausted { budget: u64, used: u64 },
+    #[error(
+        "the usage ledger cannot record this request (is the data partition full?); retry \
+         after {retry_after_seconds} s"
+    )]
+    LedgerUnavailable { retry_after_seconds: u32 },
     #[error("the request took longer than its deadline of {} s", .deadline.as_secs())]
     DeadlineExceeded { deadline: Duration },
     #[error("internal error")]
@@ -121,6 +131,7 @@ impl ApiError {
             Self::InvalidKey(_) => (S::UNAUTHORIZED, AUTHENTICATION, "invalid_api_key"),
             Self::RevokedKey => (S::UNAUTHORIZED, AUTHENTICATION, "revoked_api_key"),
             Self::AdminRequired => (S::FORBIDDEN, PERMISSION, "insufficient_scope"),
+            Self::CsrfMismatch => (S::FORBIDDEN, PERMISSION, "csrf_token_mismatch"),
             Self::UnknownRoute { .. } => (S::NOT_FOUND, NOT_FOUND, "unknown_url"),
             Self::MethodNotAllowed { .. } => {
                 (S::METHOD_NOT_ALLOWED, INVALID_REQUEST, "method_not_allowed")
@@ -149,6 +160,9 @@ impl ApiError {
             }
             Self::Overloaded { .. } => (S::SERVICE_UNAVAILABLE, SERVER, "overloaded"),
             Self::NoEngine { .. } => (S::SERVICE_UNAVAILABLE, SERVER, "engine_unavailable"),
+            Self::LedgerUnavailable { .. } => {
+                (S::SERVICE_UNAVAILABLE, SERVER, "ledger_unavailable")
+            }
             Self::Engine { code, .. } => match code {
                 ErrorCode::InvalidRequest => (S::BAD_REQUEST, INVALID_REQUEST, "invalid_value"),
                 ErrorCode::ContextLengthExceeded => {
@@ -187,6 +201,9 @@ impl ApiError {
                 retry_after_seconds,
             }
             | Self::AuthFailures {
+                retry_after_seconds,
+            }
+            | Self::LedgerUnavailable {
                 retry_after_seconds,
             }
             | Self::RateLimited {

@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accounting;
 pub mod admin;
 pub mod admission;
 pub mod body;
@@ -19,15 +20,17 @@ pub mod engine_client;
 pub mod error;
 pub mod metrics;
 pub mod openai;
+pub mod pages;
 pub mod router;
 pub mod server;
 pub mod service;
+pub mod telemetry;
 pub mod tls;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use moebox_config::{Config, GatewayConfig};
-use moebox_ledger::Ledger;
+use moebox_config::{Config, GatewayConfig, LedgerConfig};
+use moebox_ledger::{Ledger, Retention, UsageWriter};
 use tokio::{net::TcpListener, sync::watch};
 
 pub use router::Router;
@@ -79,13 +82,31 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_polling, polling) = watch::channel(false);
-    gateway.router().spawn_pollers(polling);
+    if let Err(error) = accounting::sync_assets(gateway.ledger(), &config.tco) {
+        // The pages still work from the config; only the register's history misses a step.
+        tracing::error!(%error, "cannot record tco.assets in the ledger's asset register");
+    }
+    gateway.router().spawn_pollers(polling.clone());
+    telemetry::spawn_pollers(
+        config.gateway.engine_sockets(&config.engine),
+        gateway.writer().clone(),
+        config.gateway.telemetry_poll_interval(),
+        config.gateway.engine_connect_timeout(),
+        polling.clone(),
+    );
+    tokio::spawn(compact_periodically(
+        Arc::clone(gateway.ledger()),
+        retention(&config.ledger),
+        config.ledger.compaction_interval(),
+        polling,
+    ));
     server::serve(gateway, listener, transport, &config.gateway, shutdown).await;
     let _ = stop_polling.send(true);
 }
 
-/// The gateway and its router, not yet polling or serving.
-pub fn build(config: &Config, ledger: Arc<Ledger>) -> Arc<Gateway> {
+/// The gateway and its router, not yet polling or serving. `ledger` answers key checks and
+/// reads; `writer` makes usage records durable (see [`moebox_ledger::open_with_writer`]).
+pub fn build(config: &Config, ledger: Arc<Ledger>, writer: UsageWriter) -> Arc<Gateway> {
     let gateway = &config.gateway;
     let router = Router::new(
         gateway.engine_sockets(&config.engine),
@@ -93,5 +114,53 @@ pub fn build(config: &Config, ledger: Arc<Ledger>) -> Arc<Gateway> {
         gateway.engine_poll_interval(),
         gateway.retry_after_seconds,
     );
-    Gateway::new(Limits::from_config(config), ledger, router)
+    Gateway::new(
+        Limits::from_config(config),
+        ledger,
+        writer,
+        router,
+        config.tco.clone(),
+    )
 }
+
+/// The ledger's retention windows from `[ledger]`.
+pub fn retention(config: &LedgerConfig) -> Retention {
+    Retention {
+        usage_raw_days: config.usage_raw_days,
+        usage_hourly_days: config.usage_hourly_days,
+        telemetry_raw_days: config.telemetry_raw_days,
+        telemetry_minute_days: config.telemetry_minute_days,
+        telemetry_hourly_days: config.telemetry_hourly_days,
+    }
+}
+
+/// Rolls the ledger up and prunes it every `interval` (first a minute after start, so a
+/// restart loop does not compact over and over), until `stop` turns true.
+async fn compact_periodically(
+    ledger: Arc<Ledger>,
+    retention: Retention,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut next = tokio::time::Instant::now() + interval.min(COMPACTION_FIRST_DELAY);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            _ = stop.changed() => return,
+        }
+        let ledger = Arc::clone(&ledger);
+        let result = tokio::task::spawn_blocking(move || {
+            ledger.compact(moebox_ledger::UnixSeconds::now(), &retention)
+        })
+        .await;
+        match result {
+            Ok(Ok(done)) => tracing::info!(?done, "ledger compacted"),
+            Ok(Err(error)) => tracing::error!(%error, "ledger compaction failed"),
+            Err(error) => tracing::error!(%error, "ledger compaction panicked"),
+        }
+        next = tokio::time::Instant::now() + interval;
+    }
+}
+
+/// When the first compaction runs after start.
+pub const COMPACTION_FIRST_DELAY: Duration = Duration::from_secs(60);

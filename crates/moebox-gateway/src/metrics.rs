@@ -87,6 +87,7 @@ pub struct Metrics {
     completion_tokens: AtomicU64,
     connections_refused: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    ledger_failures: AtomicU64,
     pub time_to_first_token: Histogram,
     pub inter_token: Histogram,
     pub end_to_end: Histogram,
@@ -101,6 +102,7 @@ impl Default for Metrics {
             completion_tokens: AtomicU64::default(),
             connections_refused: AtomicU64::default(),
             tls_handshake_failures: AtomicU64::default(),
+            ledger_failures: AtomicU64::default(),
             time_to_first_token: Histogram::new(TTFT_BUCKETS),
             inter_token: Histogram::new(INTER_TOKEN_BUCKETS),
             end_to_end: Histogram::new(E2E_BUCKETS),
@@ -134,6 +136,11 @@ impl Metrics {
     /// A connection from outside `gateway.allowed_clients`, closed at accept.
     pub fn record_connection_refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A usage record the ledger could not store (the request got 503).
+    pub fn record_ledger_failure(&self) {
+        self.ledger_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_tls_handshake_failure(&self) {
@@ -198,6 +205,12 @@ impl Metrics {
                 self.connections_refused.load(Ordering::Relaxed),
             ),
             (
+                "moebox_gateway_ledger_write_failures_total",
+                "Usage records the ledger could not store; those requests were answered 503.",
+                "counter",
+                self.ledger_failures.load(Ordering::Relaxed),
+            ),
+            (
                 "moebox_gateway_tls_handshake_failures_total",
                 "TLS handshakes that failed or timed out.",
                 "counter",
@@ -253,6 +266,58 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// The cost gauges of `/metrics`, this month to date (UTC), from the cost model's report.
+/// Money in the config's currency (a label), energy in joules, as Prometheus prefers base
+/// units.
+pub fn render_costs(out: &mut String, report: &moebox_tco::Report) {
+    let currency = report.currency.code().replace(['"', '\\', '\n'], "");
+    let money = |m: moebox_tco::Money| m.micros() as f64 / 1e6;
+    let _ = writeln!(
+        out,
+        "# HELP moebox_energy_month_to_date_joules IT energy the GPUs (or CPU) used this \
+         month, from the hardware energy counters.\n\
+         # TYPE moebox_energy_month_to_date_joules gauge\n\
+         moebox_energy_month_to_date_joules {}",
+        report.energy_it.milliwatt_hours() as f64 * 3.6
+    );
+    let _ = writeln!(
+        out,
+        "# HELP moebox_cost_month_to_date The appliance's all-in cost this month: \
+         amortisation, fixed costs and energy.\n# TYPE moebox_cost_month_to_date gauge\n\
+         moebox_cost_month_to_date{{currency=\"{currency}\"}} {}",
+        money(report.total)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP moebox_idle_cost_month_to_date The part of this month's cost spent in hours \
+         without a request.\n# TYPE moebox_idle_cost_month_to_date gauge\n\
+         moebox_idle_cost_month_to_date{{currency=\"{currency}\"}} {}",
+        money(report.idle_cost)
+    );
+    if let Some(per_million) = report.cost_per_million_tokens {
+        let _ = writeln!(
+            out,
+            "# HELP moebox_cost_per_million_tokens This month's all-in cost per million \
+             tokens (prompt and completion).\n# TYPE moebox_cost_per_million_tokens gauge\n\
+             moebox_cost_per_million_tokens{{currency=\"{currency}\"}} {}",
+            money(per_million)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP moebox_alternative_cost_month_to_date What this month's tokens and hours would \
+         have cost on each alternative.\n# TYPE moebox_alternative_cost_month_to_date gauge"
+    );
+    for alternative in &report.alternatives {
+        let name = alternative.name.replace(['"', '\\', '\n'], "");
+        let _ = writeln!(
+            out,
+            "moebox_alternative_cost_month_to_date{{alternative=\"{name}\",currency=\"{currency}\"}} {}",
+            money(alternative.cost)
+        );
     }
 }
 

@@ -172,7 +172,13 @@ impl Router {
             }
             Err(error) => {
                 if !state.failure_logged {
-                    tracing::warn!(engine = index, %error, "engine unavailable");
+                    // An engine still loading at start is expected; one that answered before
+                    // and stopped is news.
+                    if state.model.is_some() {
+                        tracing::warn!(engine = index, %error, "engine unavailable");
+                    } else {
+                        tracing::info!(engine = index, %error, "engine not answering yet");
+                    }
                     state.failure_logged = true;
                 }
                 state.ready = false;
@@ -244,6 +250,7 @@ impl Router {
             current: None,
             tokens_seen: false,
             prompt_tokens: 0,
+            completion_tokens: 0,
             last_refusal: None,
         }
     }
@@ -269,6 +276,8 @@ pub struct Generation {
     current: Option<(Lease, EventStream)>,
     tokens_seen: bool,
     prompt_tokens: u32,
+    /// Tokens streamed so far (what a client that leaves early was served).
+    completion_tokens: u32,
     /// The most telling refusal so far, answered when every engine has been tried.
     last_refusal: Option<ApiError>,
 }
@@ -326,6 +335,22 @@ impl Generation {
         self.prompt_tokens
     }
 
+    /// Completion tokens streamed so far.
+    pub fn completion_tokens(&self) -> u32 {
+        self.completion_tokens
+    }
+
+    /// The engine serving this generation (its socket's file name, `engine-0`), once started.
+    pub fn engine(&self) -> Option<String> {
+        self.current.as_ref().and_then(|(lease, _)| {
+            lease
+                .slot
+                .socket
+                .file_stem()
+                .map(|name| name.to_string_lossy().into_owned())
+        })
+    }
+
     /// The next piece of output; after [`Output::Done`] it must not be called again.
     pub async fn next(&mut self) -> Result<Output, ApiError> {
         loop {
@@ -337,8 +362,11 @@ impl Generation {
                 continue;
             };
             match stream.next().await {
-                Ok(Some(Event::Token { text, .. })) => {
+                Ok(Some(Event::Token { text, token_ids })) => {
                     self.tokens_seen = true;
+                    self.completion_tokens = self
+                        .completion_tokens
+                        .saturating_add(u32::try_from(token_ids.len()).unwrap_or(u32::MAX));
                     if !text.is_empty() {
                         return Ok(Output::Text(text));
                     }

@@ -18,7 +18,9 @@ use hyper::{
     header::{self, HeaderValue},
 };
 use moebox_config::Config;
-use moebox_ledger::{KeyRecord, Ledger, VerifyError};
+use moebox_ledger::{
+    KeyRecord, Ledger, UnixMillis, UnixSeconds, UsageRecord, UsageWriter, VerifyError, WriteError,
+};
 use moebox_protocol::{FinishReason, Usage};
 use rand::{TryRngCore, rngs::OsRng};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -32,6 +34,7 @@ use crate::{
     openai::{
         self, ChunkPiece, Endpoint, ModelList, ModelObject, ResponseMeta, ValidatedGeneration,
     },
+    pages,
     router::{Generation, Output, Router},
 };
 
@@ -54,6 +57,8 @@ pub struct Limits {
     pub max_output_tokens: u32,
     pub auth_failures_per_minute: u32,
     pub auth_failure_clients: usize,
+    /// Whether the gateway serves TLS (session cookies are then `Secure`).
+    pub tls: bool,
 }
 
 impl Limits {
@@ -72,6 +77,7 @@ impl Limits {
             max_output_tokens: gateway.max_output_tokens,
             auth_failures_per_minute: gateway.auth_failures_per_minute,
             auth_failure_clients: gateway.auth_failure_clients,
+            tls: gateway.tls,
         }
     }
 }
@@ -85,12 +91,15 @@ pub struct ClientAddr(pub std::net::SocketAddr);
 pub struct Gateway {
     limits: Limits,
     ledger: Arc<Ledger>,
+    writer: UsageWriter,
     router: Arc<Router>,
     metrics: Metrics,
     queue: Arc<Semaphore>,
     per_key: Mutex<HashMap<i64, Arc<Semaphore>>>,
     key_rates: KeyRates,
     auth_failures: AuthFailures,
+    sessions: pages::Sessions,
+    cost_model: Arc<moebox_tco::CostModel>,
     /// `created` of `/v1/models` entries: when this gateway started.
     started_unix: u64,
     /// Request ids: a random per-process prefix and a counter, unique without a syscall each.
@@ -130,7 +139,13 @@ impl Route {
 type HttpResponse = Response<GatewayBody>;
 
 impl Gateway {
-    pub fn new(limits: Limits, ledger: Arc<Ledger>, router: Arc<Router>) -> Arc<Self> {
+    pub fn new(
+        limits: Limits,
+        ledger: Arc<Ledger>,
+        writer: UsageWriter,
+        router: Arc<Router>,
+        cost_model: moebox_tco::CostModel,
+    ) -> Arc<Self> {
         let mut prefix = [0u8; 4];
         // A failed RNG only makes ids less unpredictable; they stay unique by the counter.
         let _ = OsRng.try_fill_bytes(&mut prefix);
@@ -144,10 +159,13 @@ impl Gateway {
             queue: Arc::new(Semaphore::new(limits.max_queued_requests)),
             limits,
             ledger,
+            writer,
             router,
             metrics: Metrics::default(),
             per_key: Mutex::new(HashMap::new()),
             key_rates: KeyRates::default(),
+            sessions: pages::Sessions::default(),
+            cost_model: Arc::new(cost_model),
             auth_failures,
             started_unix,
             id_prefix: u32::from_be_bytes(prefix),
@@ -157,6 +175,14 @@ impl Gateway {
 
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    pub fn writer(&self) -> &UsageWriter {
+        &self.writer
+    }
+
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -219,7 +245,7 @@ impl Gateway {
             "/metrics" => (Route::Metrics, {
                 match (self.authenticate(&request, true), method) {
                     (Err(error), _) => Err(error),
-                    (Ok(_), &Method::GET) => Ok(self.metrics_response()),
+                    (Ok(_), &Method::GET) => Ok(self.metrics_response().await),
                     (Ok(_), _) => Err(not_allowed("GET")),
                 }
             }),
@@ -251,11 +277,7 @@ impl Gateway {
                     };
                     (Route::Model, result)
                 } else if path == "/admin" || path.starts_with("/admin/") {
-                    let result = match self.authenticate(&request, true) {
-                        Err(error) => Err(error),
-                        Ok(_) => self.admin(method, path, request).await,
-                    };
-                    (Route::Admin, result)
+                    (Route::Admin, self.admin(method, path, request).await)
                 } else {
                     (
                         Route::Other,
@@ -330,33 +352,163 @@ impl Gateway {
         Ok(record)
     }
 
-    /// Admin routes, for a request already authenticated with an admin key.
+    /// Admin pages, exports and the key API. An admin Bearer key or an admin session
+    /// cookie (see [`pages`]); with a session, a state-changing request also needs the
+    /// session's CSRF token.
     async fn admin(
         &self,
         method: &Method,
         path: &str,
         request: Request<Incoming>,
     ) -> Result<HttpResponse, ApiError> {
+        let now = Instant::now();
+        match (method, path) {
+            (&Method::GET, pages::PATH_LOGIN) => {
+                return pages::login_form(None, StatusCode::OK, self.limits.tls);
+            }
+            (&Method::POST, pages::PATH_LOGIN) => return self.login(request).await,
+            (&Method::GET | &Method::POST, pages::PATH_LOGOUT) => {
+                let mut response = pages::redirect(pages::PATH_LOGIN);
+                if let Some((id, _)) = self.sessions.find(request.headers(), now) {
+                    self.sessions.remove(&id);
+                }
+                pages::set_cookie(
+                    &mut response,
+                    pages::SESSION_COOKIE,
+                    "",
+                    Duration::ZERO,
+                    self.limits.tls,
+                );
+                return Ok(response);
+            }
+            _ => {}
+        }
+        let session = if request.headers().contains_key(header::AUTHORIZATION) {
+            self.authenticate(&request, true)?;
+            None
+        } else {
+            match self.sessions.find(request.headers(), now) {
+                Some((id, auth)) => {
+                    // The key behind a session must still be an admin key: revoking or
+                    // demoting it ends its sessions here.
+                    let key = self.ledger.key(auth.key_id).map_err(|error| {
+                        tracing::error!(%error, "reading a session's key failed");
+                        ApiError::Internal
+                    })?;
+                    if !key.is_some_and(|k| k.is_admin() && k.revoked_at.is_none()) {
+                        self.sessions.remove(&id);
+                        return Err(ApiError::RevokedKey);
+                    }
+                    Some(auth)
+                }
+                None if *method == Method::GET && wants_html(&request) => {
+                    return Ok(pages::redirect(pages::PATH_LOGIN));
+                }
+                None => return Err(ApiError::MissingKey),
+            }
+        };
+        if let Some(auth) = &session
+            && !matches!(*method, Method::GET | Method::HEAD)
+        {
+            let sent = request
+                .headers()
+                .get(pages::CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if !pages::tokens_equal(sent, &auth.csrf) {
+                return Err(ApiError::CsrfMismatch);
+            }
+        }
+        let query = request.uri().query().map(str::to_owned);
         let body = if *method == Method::POST {
             self.read_body(request).await?
         } else {
             Bytes::new()
         };
         let ledger = Arc::clone(&self.ledger);
+        let model = Arc::clone(&self.cost_model);
         let (method, path) = (method.clone(), path.to_owned());
-        // SQLite writes wait for the disk (synchronous = FULL): off the async workers.
-        let reply = tokio::task::spawn_blocking(move || {
-            admin::keys(&ledger, &method, &path, &body).unwrap_or_else(|| {
-                Err(ApiError::UnknownRoute {
-                    method: method.to_string(),
-                    path,
-                })
-            })
+        // SQLite reads and writes block (a write waits for the disk): off the async workers.
+        tokio::task::spawn_blocking(move || {
+            admin_route(&ledger, &model, &method, &path, query.as_deref(), &body)
         })
         .await
-        .map_err(|_| ApiError::Internal)??;
-        let (status, value) = reply;
-        Ok(json_response(status, &value))
+        .map_err(|_| ApiError::Internal)?
+    }
+
+    /// `POST /admin/login`: an admin key from the form, checked like any presented key
+    /// (failures count against the client), for a session cookie.
+    async fn login(&self, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+        let secure = self.limits.tls;
+        let client = request
+            .extensions()
+            .get::<ClientAddr>()
+            .map(|ClientAddr(address)| ClientId::from(address.ip()));
+        let expected = pages::cookie(request.headers(), pages::LOGIN_COOKIE).map(str::to_owned);
+        let body = self.read_body(request).await?;
+        let fields = pages::form_fields(&body);
+        let sent = fields
+            .get(pages::CSRF_FIELD)
+            .map(String::as_str)
+            .unwrap_or_default();
+        if !expected.is_some_and(|expected| pages::tokens_equal(sent, &expected)) {
+            return pages::login_form(
+                Some("The form expired or came from elsewhere; sign in again."),
+                StatusCode::FORBIDDEN,
+                secure,
+            );
+        }
+        let now = Instant::now();
+        if let Some(client) = client
+            && let Err(wait) = self.auth_failures.check(client, now)
+        {
+            return Err(ApiError::AuthFailures {
+                retry_after_seconds: retry_after_seconds(wait),
+            });
+        }
+        let key = fields.get("key").map(|k| k.trim()).unwrap_or_default();
+        let record = match self.ledger.verify_key(key) {
+            Ok(record) if record.is_admin() => record,
+            Ok(_) => {
+                return pages::login_form(
+                    Some("That key is not an admin key."),
+                    StatusCode::FORBIDDEN,
+                    secure,
+                );
+            }
+            Err(VerifyError::Ledger(error)) => {
+                tracing::error!(%error, "key verification failed");
+                return Err(ApiError::Internal);
+            }
+            Err(_) => {
+                if let Some(client) = client {
+                    self.auth_failures.record_failure(client, now);
+                }
+                return pages::login_form(
+                    Some("That key is not valid."),
+                    StatusCode::UNAUTHORIZED,
+                    secure,
+                );
+            }
+        };
+        let (session, _) = self.sessions.create(record.id, now)?;
+        tracing::info!(target: "moebox_gateway::audit", key_id = record.id, "admin signed in");
+        let mut response = pages::redirect(pages::PATH_OVERVIEW);
+        pages::set_cookie(
+            &mut response,
+            pages::SESSION_COOKIE,
+            &session,
+            pages::SESSION_LIFETIME,
+            secure,
+        );
+        pages::set_cookie(
+            &mut response,
+            pages::LOGIN_COOKIE,
+            "",
+            Duration::ZERO,
+            secure,
+        );
+        Ok(response)
     }
 
     fn readyz(&self) -> HttpResponse {
@@ -369,9 +521,25 @@ impl Gateway {
         }
     }
 
-    fn metrics_response(&self) -> HttpResponse {
+    async fn metrics_response(&self) -> HttpResponse {
         let queued = self.limits.max_queued_requests - self.queue.available_permits();
-        let text = self.metrics.render(&self.router.statuses(), queued);
+        let mut text = self.metrics.render(&self.router.statuses(), queued);
+        let ledger = Arc::clone(&self.ledger);
+        let model = Arc::clone(&self.cost_model);
+        // The cost gauges come from the ledger and the cost model: off the async workers.
+        let costs = tokio::task::spawn_blocking(move || {
+            let now = UnixSeconds::now();
+            let today = crate::accounting::date_of(now)?;
+            crate::accounting::report(&ledger, &model, today.year_month().first_day(), today)
+                .map_err(|error| tracing::warn!(%error, "cost gauges unavailable"))
+                .ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(report) = costs {
+            crate::metrics::render_costs(&mut text, &report);
+        }
         let mut response = Response::new(GatewayBody::full(text));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -430,18 +598,97 @@ impl Gateway {
         Ok(())
     }
 
-    /// A finished generation: its tokens are counted (metrics, the key's tokens-per-minute
-    /// bucket) and audited.
-    fn finish(&self, audit: &Audit, finish_reason: FinishReason, usage: Usage) {
-        self.metrics
-            .record_tokens(usage.prompt_tokens, usage.completion_tokens);
+    /// Settles a generation request however it ended: counts its tokens (metrics, the key's
+    /// tokens-per-minute bucket), writes its audit line, and makes its usage record durable
+    /// in the ledger before returning, so the caller sends the response's last byte only
+    /// after the request is on disk. A record the ledger cannot take fails the request
+    /// (503): nothing is served that the ledger does not hold.
+    async fn settle(&self, account: &Account, ending: Ending<'_>) -> Result<(), ApiError> {
+        let (status, finish_reason, prompt_tokens, completion_tokens) = match &ending {
+            Ending::Done {
+                finish_reason,
+                usage,
+            } => (
+                200,
+                Some(finish_reason.as_str()),
+                usage.prompt_tokens,
+                usage.completion_tokens,
+            ),
+            Ending::Failed(error) => (error.shape().status.as_u16(), None, 0, 0),
+            Ending::ClientGone {
+                prompt_tokens,
+                completion_tokens,
+            } => (
+                STATUS_CLIENT_CLOSED,
+                None,
+                *prompt_tokens,
+                *completion_tokens,
+            ),
+        };
+        self.metrics.record_tokens(prompt_tokens, completion_tokens);
         self.key_rates.charge_tokens(
-            audit.key_id,
-            u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens),
+            account.key_id,
+            u64::from(prompt_tokens) + u64::from(completion_tokens),
             Instant::now(),
         );
-        self.metrics.end_to_end.observe(audit.started.elapsed());
-        audit.log_done(200, finish_reason, usage);
+        let latency = account.started.elapsed();
+        if matches!(ending, Ending::Done { .. }) {
+            self.metrics.end_to_end.observe(latency);
+        }
+        account.log(&ending, status, prompt_tokens, completion_tokens, latency);
+        let record = UsageRecord {
+            request_id: account.request_id.clone(),
+            started_at: account.started_at,
+            ended_at: UnixMillis::now(),
+            key_id: account.key_id,
+            team: account.team.clone(),
+            model: account.model.clone(),
+            endpoint: account.endpoint.path().to_owned(),
+            prompt_tokens: u64::from(prompt_tokens),
+            completion_tokens: u64::from(completion_tokens),
+            time_to_first_token_ms: account
+                .first_text
+                .map(|first| duration_ms(first.saturating_duration_since(account.started))),
+            latency_ms: duration_ms(latency),
+            status,
+            engine: account.engine.clone(),
+            finish_reason: finish_reason.map(str::to_owned),
+        };
+        self.writer.record(record).await.map_err(|error| {
+            self.metrics.record_ledger_failure();
+            match error {
+                WriteError::Invalid(error) => {
+                    tracing::error!(%error, request_id = %account.request_id, "usage record refused");
+                    ApiError::Internal
+                }
+                other => {
+                    tracing::error!(error = %other, request_id = %account.request_id, "usage record not stored");
+                    ApiError::LedgerUnavailable {
+                        retry_after_seconds: self.limits.retry_after_seconds,
+                    }
+                }
+            }
+        })
+    }
+
+    /// Whether key `key` still has tokens left this month (UTC).
+    fn check_budget(&self, key: &KeyRecord) -> Result<(), ApiError> {
+        let Some(budget) = key.monthly_token_budget else {
+            return Ok(());
+        };
+        let used = self
+            .ledger
+            .tokens_used_by_key_since(key.id, UnixSeconds::now().month_start())
+            .map_err(|error| {
+                tracing::error!(%error, "reading a key's monthly usage failed");
+                ApiError::LedgerUnavailable {
+                    retry_after_seconds: self.limits.retry_after_seconds,
+                }
+            })?;
+        if used >= budget {
+            return Err(ApiError::BudgetExhausted { budget, used });
+        }
+        Ok(())
     }
 
     /// A key's concurrency permit; `None` when it already has its limit in flight.
@@ -506,6 +753,7 @@ impl Gateway {
                     retry_after_seconds: retry_after_seconds(wait),
                 }
             })?;
+        self.check_budget(&key)?;
         let body = self.read_body(request).await?;
         let mut validated = match endpoint {
             Endpoint::ChatCompletions => openai::parse_chat(&body)?,
@@ -533,13 +781,19 @@ impl Gateway {
         let request_id = self.request_id();
         validated.request.request_id = request_id.clone();
         let deadline = tokio::time::Instant::from_std(started + self.limits.request_deadline);
-        let audit = Audit {
+        let mut account = Account {
             request_id: request_id.clone(),
             key_id: key.id,
             team: key.team.clone(),
             model: validated.model.clone(),
             endpoint,
             started,
+            started_at: UnixMillis::now()
+                .0
+                .checked_sub(duration_ms(started.elapsed()) as i64)
+                .map_or(UnixMillis::now(), UnixMillis),
+            engine: None,
+            first_text: None,
         };
         let meta = ResponseMeta::new(endpoint, &request_id, unix_now(), validated.model.clone());
         let ValidatedGeneration {
@@ -555,9 +809,9 @@ impl Gateway {
             deadline: self.limits.request_deadline,
         }));
         if let Err(error) = start {
-            audit.log_error(&error);
-            return Err(error);
+            return Err(self.fail(&account, error).await);
         }
+        account.engine = generation.engine();
         let permits = (key_permit, queue_permit);
         if stream {
             let (sender, body) = GatewayBody::channel();
@@ -565,7 +819,7 @@ impl Gateway {
             tokio::spawn(async move {
                 let _permits = permits;
                 gateway
-                    .pump(generation, sender, meta, include_usage, deadline, audit)
+                    .pump(generation, sender, meta, include_usage, deadline, account)
                     .await;
             });
             let mut response = Response::new(body);
@@ -587,9 +841,17 @@ impl Gateway {
                     .unwrap_or(Err(ApiError::DeadlineExceeded {
                         deadline: self.limits.request_deadline,
                     }));
+            account.first_text = timing.first;
             match collected {
                 Ok((text, finish_reason, usage)) => {
-                    self.finish(&audit, finish_reason, usage);
+                    self.settle(
+                        &account,
+                        Ending::Done {
+                            finish_reason,
+                            usage,
+                        },
+                    )
+                    .await?;
                     let mut response = Response::new(GatewayBody::full(meta.completion(
                         &text,
                         finish_reason,
@@ -602,12 +864,30 @@ impl Gateway {
                     insert_request_id(&mut response, &request_id);
                     Ok(response)
                 }
-                Err(error) => {
-                    audit.log_error(&error);
-                    Err(error)
-                }
+                Err(error) => Err(self.fail(&account, error).await),
             }
         }
+    }
+
+    /// Settles a failed request; the error to answer (the ledger's, if it cannot record it).
+    async fn fail(&self, account: &Account, error: ApiError) -> ApiError {
+        match self.settle(account, Ending::Failed(&error)).await {
+            Ok(()) => error,
+            Err(ledger) => ledger,
+        }
+    }
+
+    /// Settles a request whose client went away, with what it was served.
+    async fn client_gone(&self, account: &Account, generation: &Generation) {
+        let _ = self
+            .settle(
+                account,
+                Ending::ClientGone {
+                    prompt_tokens: generation.prompt_tokens(),
+                    completion_tokens: generation.completion_tokens(),
+                },
+            )
+            .await;
     }
 
     /// Streams a started generation to the client as server-sent events, until it is done,
@@ -619,7 +899,7 @@ impl Gateway {
         meta: ResponseMeta,
         include_usage: bool,
         deadline: tokio::time::Instant,
-        audit: Audit,
+        mut account: Account,
     ) {
         let _in_flight = self.metrics.in_flight();
         let mut writer = SseWriter {
@@ -631,47 +911,51 @@ impl Gateway {
                 .send_data(&meta.chunk(ChunkPiece::Role, include_usage))
                 .await
         {
-            audit.log_client_gone();
+            self.client_gone(&account, &generation).await;
             return;
         }
-        let mut timing = TextTiming::new(&self.metrics, audit.started);
+        let mut timing = TextTiming::new(&self.metrics, account.started);
         let keepalive = self.limits.sse_keepalive;
         let mut ticks =
             tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let step = generation.next();
-            tokio::pin!(step);
-            let output = loop {
-                tokio::select! {
-                    output = &mut step => break Some(output),
-                    _ = writer.sender.closed() => break None,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        break Some(Err(ApiError::DeadlineExceeded {
-                            deadline: self.limits.request_deadline,
-                        }))
-                    }
-                    _ = ticks.tick() => {
-                        if writer.last_sent.elapsed() >= keepalive
-                            && !writer.send(Bytes::from_static(SSE_KEEPALIVE)).await
-                        {
-                            break None;
+            let output = {
+                let step = generation.next();
+                tokio::pin!(step);
+                loop {
+                    tokio::select! {
+                        output = &mut step => break Some(output),
+                        _ = writer.sender.closed() => break None,
+                        _ = tokio::time::sleep_until(deadline) => {
+                            break Some(Err(ApiError::DeadlineExceeded {
+                                deadline: self.limits.request_deadline,
+                            }))
+                        }
+                        _ = ticks.tick() => {
+                            if writer.last_sent.elapsed() >= keepalive
+                                && !writer.send(Bytes::from_static(SSE_KEEPALIVE)).await
+                            {
+                                break None;
+                            }
                         }
                     }
                 }
             };
+            account.first_text = timing.first;
             let Some(output) = output else {
-                audit.log_client_gone();
+                self.client_gone(&account, &generation).await;
                 return;
             };
             match output {
                 Ok(Output::Text(text)) => {
                     timing.text();
+                    account.first_text = timing.first;
                     if !writer
                         .send_data(&meta.chunk(ChunkPiece::Text(&text), include_usage))
                         .await
                     {
-                        audit.log_client_gone();
+                        self.client_gone(&account, &generation).await;
                         return;
                     }
                 }
@@ -679,7 +963,21 @@ impl Gateway {
                     finish_reason,
                     usage,
                 }) => {
-                    self.finish(&audit, finish_reason, usage);
+                    let settled = self
+                        .settle(
+                            &account,
+                            Ending::Done {
+                                finish_reason,
+                                usage,
+                            },
+                        )
+                        .await;
+                    if let Err(error) = settled {
+                        // Served but not recorded: the stream ends with the ledger's error
+                        // instead of [DONE].
+                        writer.send_json(&error.body()).await;
+                        return;
+                    }
                     let mut sent = writer
                         .send_data(&meta.chunk(ChunkPiece::Finish(finish_reason), include_usage))
                         .await;
@@ -692,7 +990,7 @@ impl Gateway {
                     return;
                 }
                 Err(error) => {
-                    audit.log_error(&error);
+                    let error = self.fail(&account, error).await;
                     // OpenAI's SDKs raise on a chunk holding `error`; the stream then ends
                     // without [DONE].
                     writer.send_json(&error.body()).await;
@@ -751,6 +1049,7 @@ impl SseWriter {
 struct TextTiming<'a> {
     metrics: &'a Metrics,
     started: Instant,
+    first: Option<Instant>,
     last: Option<Instant>,
 }
 
@@ -759,6 +1058,7 @@ impl<'a> TextTiming<'a> {
         Self {
             metrics,
             started,
+            first: None,
             last: None,
         }
     }
@@ -766,30 +1066,68 @@ impl<'a> TextTiming<'a> {
     fn text(&mut self) {
         let now = Instant::now();
         match self.last {
-            None => self
-                .metrics
-                .time_to_first_token
-                .observe(now.duration_since(self.started)),
+            None => {
+                self.first = Some(now);
+                self.metrics
+                    .time_to_first_token
+                    .observe(now.duration_since(self.started));
+            }
             Some(last) => self.metrics.inter_token.observe(now.duration_since(last)),
         }
         self.last = Some(now);
     }
 }
 
-/// The audit line of one generation request: who, what model, how many tokens, how it ended,
-/// how long it took. Never the prompt or the completion.
+/// The status recorded for a request whose client went away (nginx's convention).
+pub const STATUS_CLIENT_CLOSED: u16 = 499;
+
+/// How a generation request ended.
 #[derive(Debug)]
-struct Audit {
+enum Ending<'a> {
+    Done {
+        finish_reason: FinishReason,
+        usage: Usage,
+    },
+    Failed(&'a ApiError),
+    ClientGone {
+        prompt_tokens: u32,
+        completion_tokens: u32,
+    },
+}
+
+/// One admitted generation request: who, what model, which engine, when; its audit line
+/// and usage record are made from it when it ends. Never the prompt or the completion.
+#[derive(Debug)]
+struct Account {
     request_id: String,
     key_id: i64,
     team: String,
     model: String,
     endpoint: Endpoint,
     started: Instant,
+    started_at: UnixMillis,
+    engine: Option<String>,
+    first_text: Option<Instant>,
 }
 
-impl Audit {
-    fn log_done(&self, status: u16, finish_reason: FinishReason, usage: Usage) {
+impl Account {
+    fn log(
+        &self,
+        ending: &Ending<'_>,
+        status: u16,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+        latency: Duration,
+    ) {
+        let (outcome, code, finish_reason) = match ending {
+            Ending::Done { finish_reason, .. } => ("generation", "", finish_reason.as_str()),
+            Ending::Failed(error) => ("generation failed", error.shape().code, ""),
+            Ending::ClientGone { .. } => (
+                "client closed the stream; generation cancelled",
+                "client_closed",
+                "",
+            ),
+        };
         tracing::info!(
             target: "moebox_gateway::audit",
             request_id = %self.request_id,
@@ -797,44 +1135,83 @@ impl Audit {
             team = %self.team,
             model = %self.model,
             endpoint = self.endpoint.path(),
+            engine = self.engine.as_deref().unwrap_or(""),
             status,
-            finish_reason = finish_reason.as_str(),
-            prompt_tokens = usage.prompt_tokens,
-            completion_tokens = usage.completion_tokens,
-            latency_ms = self.started.elapsed().as_millis() as u64,
-            "generation"
+            code,
+            finish_reason,
+            prompt_tokens,
+            completion_tokens,
+            latency_ms = duration_ms(latency),
+            "{outcome}"
         );
     }
+}
 
-    fn log_error(&self, error: &ApiError) {
-        let shape = error.shape();
-        tracing::info!(
-            target: "moebox_gateway::audit",
-            request_id = %self.request_id,
-            key_id = self.key_id,
-            team = %self.team,
-            model = %self.model,
-            endpoint = self.endpoint.path(),
-            status = shape.status.as_u16(),
-            code = shape.code,
-            latency_ms = self.started.elapsed().as_millis() as u64,
-            "generation failed"
-        );
-    }
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
 
-    fn log_client_gone(&self) {
-        tracing::info!(
-            target: "moebox_gateway::audit",
-            request_id = %self.request_id,
-            key_id = self.key_id,
-            team = %self.team,
-            model = %self.model,
-            endpoint = self.endpoint.path(),
-            status = 499,
-            latency_ms = self.started.elapsed().as_millis() as u64,
-            "client closed the stream; generation cancelled"
-        );
+/// Whether a client asked for HTML (a browser navigating), to send it to the login form
+/// rather than a JSON 401.
+fn wants_html(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// An authenticated admin request's answer (runs on a blocking thread).
+fn admin_route(
+    ledger: &Ledger,
+    model: &moebox_tco::CostModel,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<HttpResponse, ApiError> {
+    if let Some(reply) = admin::keys(ledger, method, path, body) {
+        let (status, value) = reply?;
+        return Ok(json_response(status, &value));
     }
+    let now = UnixSeconds::now();
+    let page = match path {
+        "/admin" | pages::PATH_OVERVIEW => Some(pages::overview(ledger, model, now)),
+        pages::PATH_SCHEDULE => Some(pages::schedule(model, now)),
+        pages::PATH_USAGE => Some(pages::usage(ledger, model, query, now)),
+        pages::PATH_GPUS => Some(pages::gpus(ledger, now)),
+        _ => None,
+    };
+    let not_allowed = || ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: path.to_owned(),
+        allowed: "GET",
+    };
+    if let Some(page) = page {
+        if !matches!(*method, Method::GET | Method::HEAD) {
+            return Err(not_allowed());
+        }
+        return Ok(pages::html(StatusCode::OK, page?));
+    }
+    if let Some(file) = path.strip_prefix("/admin/")
+        && let Some((content_type, filename, body)) = pages::export(ledger, file, query, now)?
+    {
+        if !matches!(*method, Method::GET | Method::HEAD) {
+            return Err(not_allowed());
+        }
+        let mut response = Response::new(GatewayBody::full(body));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+            headers.insert(header::CONTENT_DISPOSITION, value);
+        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(response);
+    }
+    Err(ApiError::UnknownRoute {
+        method: method.to_string(),
+        path: path.to_owned(),
+    })
 }
 
 fn unix_now() -> u64 {

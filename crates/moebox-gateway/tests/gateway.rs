@@ -1103,3 +1103,402 @@ async fn admin_api_creates_lists_and_revokes_keys() {
         403
     );
 }
+
+/// Every admitted request leaves one usage record, whichever way it ends, durable before the
+/// client has its last byte.
+#[tokio::test]
+async fn every_request_leaves_a_usage_record() {
+    use moebox_ledger::{NewKey, Scope, UsageFilter};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |_| {}).await;
+    let key = |name: &str, team: &str| {
+        let mut new = NewKey::new(name, Scope::User);
+        new.team = team.to_owned();
+        let created = gateway
+            .ledger
+            .create_key(&new, UnixSeconds::now())
+            .expect("key");
+        (created.record.id, created.key.expose().to_owned())
+    };
+    let (tax_id, tax) = key("tax-bot", "tax");
+    let (_, audit) = key("audit-bot", "audit");
+    let whole = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&tax),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(whole.status, 200);
+    let mut streamed = chat_body("hi");
+    streamed["stream"] = true.into();
+    let streamed = gateway
+        .request("POST", "/v1/chat/completions", Some(&audit), Some(streamed))
+        .await;
+    assert_eq!(streamed.status, 200);
+    // The record is on disk before the response ends: no waiting here.
+    let all = gateway
+        .ledger
+        .usage_records(
+            UnixSeconds(0),
+            UnixSeconds(4_000_000_000),
+            &UsageFilter::All,
+            None,
+            100,
+        )
+        .expect("records")
+        .records;
+    assert_eq!(all.len(), 2, "{all:?}");
+    let tax_record = &all
+        .iter()
+        .find(|r| r.record.key_id == tax_id)
+        .expect("tax record")
+        .record;
+    assert_eq!(tax_record.team, "tax");
+    assert_eq!(tax_record.model, MODEL);
+    assert_eq!(tax_record.endpoint, "/v1/chat/completions");
+    assert_eq!(
+        (tax_record.prompt_tokens, tax_record.completion_tokens),
+        (3, 3)
+    );
+    assert_eq!(tax_record.status, 200);
+    assert_eq!(tax_record.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(tax_record.engine.as_deref(), Some("e0"));
+    assert!(tax_record.time_to_first_token_ms.is_some());
+    assert_eq!(
+        whole.headers.get("x-request-id").expect("id"),
+        tax_record.request_id.as_str()
+    );
+    let by_team = gateway
+        .ledger
+        .usage_by_team(UnixSeconds(0), UnixSeconds(4_000_000_000))
+        .expect("by team");
+    assert_eq!(by_team.len(), 2);
+
+    // An engine refusal after admission is recorded with its status and no tokens.
+    *engine.behaviour.lock().expect("lock") = Behaviour::Refuse(
+        400,
+        refusal(
+            ErrorCode::InvalidRequest,
+            "temperature out of range",
+            Some("temperature"),
+        ),
+    );
+    let refused = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&tax),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    let tax_records = gateway
+        .ledger
+        .usage_records(
+            UnixSeconds(0),
+            UnixSeconds(4_000_000_000),
+            &UsageFilter::Key(tax_id),
+            None,
+            100,
+        )
+        .expect("records")
+        .records;
+    assert_eq!(tax_records.len(), 2);
+    assert!(
+        tax_records
+            .iter()
+            .any(|r| r.record.status == 400 && r.record.completion_tokens == 0)
+    );
+}
+
+#[tokio::test]
+async fn a_spent_monthly_budget_answers_429_until_the_month_turns() {
+    use moebox_ledger::{NewKey, Scope};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |_| {}).await;
+    let mut new = NewKey::new("small", Scope::User);
+    new.monthly_token_budget = Some(10);
+    let key = gateway
+        .ledger
+        .create_key(&new, UnixSeconds::now())
+        .expect("key")
+        .key
+        .expose()
+        .to_owned();
+    // 6 tokens per request: the second passes at 6 used, the third finds 12 ≥ 10.
+    for _ in 0..2 {
+        let reply = gateway
+            .request(
+                "POST",
+                "/v1/chat/completions",
+                Some(&key),
+                Some(chat_body("hi")),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let spent = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(spent.status, 429, "{}", spent.text());
+    assert_eq!(spent.json()["error"]["code"], "insufficient_quota");
+    assert!(
+        spent.text().contains("monthly budget of 10 tokens"),
+        "{}",
+        spent.text()
+    );
+    let other = gateway
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&gateway.user_key),
+            Some(chat_body("hi")),
+        )
+        .await;
+    assert_eq!(other.status, 200, "other keys are unaffected");
+}
+
+/// The cookie `name` set by a response, as `name=value` for a Cookie header.
+fn set_cookie(reply: &support::Reply, name: &str) -> String {
+    reply
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} cookie in {:?}", reply.headers))
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn admin_pages_sign_in_with_a_form_and_exports_agree_with_the_ledger() {
+    use moebox_ledger::{NewKey, Scope};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = FakeEngine::start(dir.path(), "e0", hello()).await;
+    let gateway = TestGateway::start(&[&engine], |_| {}).await;
+    for (team, requests) in [("tax", 3), ("audit", 2)] {
+        let mut new = NewKey::new(format!("{team}-bot"), Scope::User);
+        new.team = team.to_owned();
+        let key = gateway
+            .ledger
+            .create_key(&new, UnixSeconds::now())
+            .expect("key")
+            .key
+            .expose()
+            .to_owned();
+        for _ in 0..requests {
+            let reply = gateway
+                .request(
+                    "POST",
+                    "/v1/chat/completions",
+                    Some(&key),
+                    Some(chat_body("hi")),
+                )
+                .await;
+            assert_eq!(reply.status, 200);
+        }
+    }
+
+    // A browser without a session is sent to the form; an API client gets 401.
+    let browser = gateway
+        .with_headers("GET", "/admin/", &[("accept", "text/html")], Vec::new())
+        .await;
+    assert_eq!(browser.status, 303);
+    assert_eq!(
+        browser.headers.get("location").expect("location"),
+        "/admin/login"
+    );
+    assert_eq!(
+        gateway.request("GET", "/admin/", None, None).await.status,
+        401
+    );
+
+    // The form: its token is bound to a cookie; a post without it is refused.
+    let form = gateway
+        .with_headers("GET", "/admin/login", &[], Vec::new())
+        .await;
+    assert_eq!(form.status, 200);
+    let login_cookie = set_cookie(&form, "moebox_login");
+    let token = login_cookie.split_once('=').expect("pair").1.to_owned();
+    assert!(form.text().contains(&token));
+    let forged = gateway
+        .with_headers(
+            "POST",
+            "/admin/login",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            format!("csrf={token}&key={}", gateway.admin_key).into_bytes(),
+        )
+        .await;
+    assert_eq!(
+        forged.status,
+        403,
+        "no double-submit cookie: {}",
+        forged.text()
+    );
+    let user = gateway
+        .with_headers(
+            "POST",
+            "/admin/login",
+            &[("cookie", &login_cookie)],
+            format!("csrf={token}&key={}", gateway.user_key).into_bytes(),
+        )
+        .await;
+    assert_eq!(user.status, 403);
+    assert!(user.text().contains("not an admin key"));
+    let signed_in = gateway
+        .with_headers(
+            "POST",
+            "/admin/login",
+            &[("cookie", &login_cookie)],
+            format!("csrf={token}&key={}", gateway.admin_key).into_bytes(),
+        )
+        .await;
+    assert_eq!(signed_in.status, 303, "{}", signed_in.text());
+    let session = set_cookie(&signed_in, "moebox_session");
+    let raw_cookie = signed_in
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("moebox_session="))
+        .expect("cookie")
+        .to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/admin"] {
+        assert!(raw_cookie.contains(attribute), "{raw_cookie}");
+    }
+
+    let overview = gateway
+        .with_headers("GET", "/admin/", &[("cookie", &session)], Vec::new())
+        .await;
+    assert_eq!(overview.status, 200, "{}", overview.text());
+    let html = overview.text();
+    assert!(
+        html.contains("$1,200.00"),
+        "the worked example's monthly amortisation"
+    );
+    assert!(
+        overview
+            .headers
+            .get("content-security-policy")
+            .expect("CSP")
+            .to_str()
+            .expect("ascii")
+            .contains("default-src 'none'")
+    );
+    for path in ["/admin/schedule", "/admin/usage", "/admin/gpus"] {
+        let page = gateway
+            .with_headers("GET", path, &[("cookie", &session)], Vec::new())
+            .await;
+        assert_eq!(page.status, 200, "{path}: {}", page.text());
+    }
+    let usage = gateway
+        .with_headers("GET", "/admin/usage", &[("cookie", &session)], Vec::new())
+        .await
+        .text();
+    assert!(usage.contains("tax") && usage.contains("audit"), "{usage}");
+
+    // Exports: CSV and JSON from the same query agree with the ledger to the token.
+    let admin = Some(gateway.admin_key.as_str());
+    let json = gateway
+        .request("GET", "/admin/usage.json?group=team", admin, None)
+        .await;
+    assert_eq!(json.status, 200, "{}", json.text());
+    let json = json.json();
+    let csv = gateway
+        .request("GET", "/admin/usage.csv?group=team", admin, None)
+        .await;
+    assert_eq!(csv.status, 200);
+    assert!(
+        csv.headers
+            .get("content-disposition")
+            .expect("attachment")
+            .to_str()
+            .expect("ascii")
+            .contains(".csv")
+    );
+    let csv = csv.text();
+    let by_team = gateway
+        .ledger
+        .usage_by_team(UnixSeconds(0), UnixSeconds(4_000_000_000))
+        .expect("ledger");
+    for team in &by_team {
+        let tokens = team.totals.prompt_tokens + team.totals.completion_tokens;
+        assert!(tokens > 0);
+        assert!(
+            csv.lines().any(|line| line.contains(&team.team)
+                && line.contains(&format!(",{},", team.totals.prompt_tokens))),
+            "{} in\n{csv}",
+            team.team
+        );
+        let row = json["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r.to_string().contains(&team.team))
+            .unwrap_or_else(|| panic!("{} in {json}", team.team));
+        assert!(
+            row.to_string()
+                .contains(&team.totals.prompt_tokens.to_string()),
+            "{row}"
+        );
+    }
+    let records = gateway
+        .request("GET", "/admin/records.csv", admin, None)
+        .await
+        .text();
+    assert_eq!(
+        records.lines().count(),
+        1 + 5,
+        "a header and five requests:\n{records}"
+    );
+    let bad = gateway
+        .request("GET", "/admin/usage.csv?from=yesterday", admin, None)
+        .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"]["param"], "from");
+
+    // The key API with a session needs the session's CSRF token.
+    let no_token = gateway
+        .with_headers(
+            "POST",
+            "/admin/keys",
+            &[("cookie", &session), ("content-type", "application/json")],
+            br#"{"name":"via-session"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(no_token.status, 403);
+    assert_eq!(no_token.json()["error"]["code"], "csrf_token_mismatch");
+
+    // The cost gauges: this month's cost, and per million tokens now that tokens were used.
+    let metrics = gateway.request("GET", "/metrics", admin, None).await.text();
+    for gauge in [
+        "moebox_cost_month_to_date{currency=\"USD\"}",
+        "moebox_cost_per_million_tokens{currency=\"USD\"}",
+        "moebox_energy_month_to_date_joules",
+        "moebox_alternative_cost_month_to_date{alternative=",
+    ] {
+        assert!(metrics.contains(gauge), "{gauge} in\n{metrics}");
+    }
+
+    // Signing out ends the session.
+    let out = gateway
+        .with_headers("GET", "/admin/logout", &[("cookie", &session)], Vec::new())
+        .await;
+    assert_eq!(out.status, 303);
+    let after = gateway
+        .with_headers("GET", "/admin/", &[("cookie", &session)], Vec::new())
+        .await;
+    assert_eq!(after.status, 401);
+}

@@ -1,19 +1,48 @@
 //! The appliance's database: one SQLite file under `/var/lib/moebox` (`ledger.database`).
+//! The ledger is the only code that reads or writes it.
 //!
-//! SQLite in WAL mode, so readers (the CLI, exports) never block the gateway's writes; schema
-//! migrations are versioned in code ([`schema::MIGRATIONS`], tracked in `PRAGMA user_version`);
-//! the gateway process is the one writer, through one [`Ledger`] (`moebox keys` writes from
-//! its own short-lived process, serialised by SQLite's lock and a busy timeout).
+//! SQLite in WAL mode (readers, the CLI and exports, never block the writer), `synchronous =
+//! FULL` (a committed row survives a crash), `auto_vacuum = INCREMENTAL` (compaction gives
+//! space back), schema migrations versioned in code ([`schema::MIGRATIONS`], tracked in
+//! `PRAGMA user_version`; a database from a newer release is refused).
 //!
-//! Today it holds API keys ([`Ledger::create_key`], [`Ledger::list_keys`],
-//! [`Ledger::revoke_key`], [`Ledger::verify_key`]); usage records, telemetry samples and the
-//! asset register (issue 5) come as further migrations. Keys are stored only as SHA-256
-//! digests; the plaintext exists once, in [`CreatedKey`].
+//! What it holds:
+//! - API keys ([`Ledger::create_key`], [`Ledger::verify_key`], ...), stored only as SHA-256
+//!   digests; the plaintext exists once, in [`CreatedKey`] (`key`).
+//! - One [`UsageRecord`] per request (never content), written by the process's one
+//!   [`UsageWriter`] thread with group commit: [`UsageWriter::record`] resolves once the
+//!   record is durable, and a full queue is refused at once (`writer`). Each record is also
+//!   added to its hourly and daily rollup in the same transaction (`usage`), so totals per
+//!   team, key and model, series, a key's tokens this month ([`Ledger::tokens_used_by_key_since`])
+//!   and the token mix come from a few rows whatever the period; raw records page out with
+//!   [`Ledger::usage_records`].
+//! - [`TelemetrySample`]s per GPU (or CPU package), rolled up per minute, hour and day, for
+//!   energy ([`Ledger::energy_kwh`], per hour for time-of-use tariffs), utilisation and power
+//!   series and the latest sample per source (`telemetry`).
+//! - The asset register, the TCO assets of the config with history ([`Ledger::sync_assets`],
+//!   [`Ledger::assets_at`]; `assets`).
+//!
+//! [`Ledger::compact`] applies the [`Retention`] windows: finer rows older than their window
+//! are deleted and queries answer those periods from coarser rollups, so totals never change
+//! when it runs (`retention`, `period`). [`export`] writes CSV (RFC 4180, formula-injection
+//! guard) and JSON from the same values.
+//!
+//! The gateway process is the one writer: usage and telemetry go through its [`UsageWriter`]
+//! (on a [`Ledger`] of its own, so a commit's fsync never delays key checks), keys and
+//! compaction through short transactions that wait for SQLite's lock (`BEGIN IMMEDIATE`,
+//! [`BUSY_TIMEOUT`]); `moebox keys` writes from its own short-lived process the same way.
 
 #![forbid(unsafe_code)]
 
+mod assets;
+pub mod export;
 pub mod key;
+mod period;
+mod retention;
 mod schema;
+mod telemetry;
+mod usage;
+mod writer;
 
 use std::{
     path::{Path, PathBuf},
@@ -24,7 +53,27 @@ use std::{
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+pub use assets::{
+    AmortisationMethod, AssetRow, AssetSync, AssetVersion, MAX_AMORTISATION_MONTHS, MAX_ASSETS,
+};
 pub use key::{KeyFormatError, PresentedKey};
+pub use period::{MAX_SERIES_POINTS, Step};
+pub use retention::{
+    COMPACTION_CHUNK_ROWS, Compaction, DEFAULT_TELEMETRY_HOURLY_DAYS,
+    DEFAULT_TELEMETRY_MINUTE_DAYS, DEFAULT_TELEMETRY_RAW_DAYS, DEFAULT_USAGE_HOURLY_DAYS,
+    DEFAULT_USAGE_RAW_DAYS, MAX_RETENTION_DAYS, Retention,
+};
+pub use telemetry::{
+    EnergyPoint, JOULES_PER_KWH, MAX_GPU_INDEX, TelemetryPoint, TelemetrySample, TelemetrySource,
+};
+pub use usage::{
+    KeyUsage, MAX_PAGE_RECORDS, MAX_USAGE_TEXT_CHARS, ModelUsage, RecordCursor, RecordPage,
+    StoredUsage, TeamUsage, TokenMix, UsageFilter, UsagePoint, UsageRecord, UsageTotals,
+};
+pub use writer::{
+    DEFAULT_WRITER_QUEUE_CAPACITY, MAX_WRITER_QUEUE_CAPACITY, UsageWriter, WriteError,
+    WriterThread, open_with_writer,
+};
 
 /// How long a statement waits for another process's write lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,6 +81,10 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_LABEL_CHARS: usize = 64;
 /// The team a key belongs to when none is given.
 pub const DEFAULT_TEAM: &str = "default";
+/// SQLite's page cache per connection, in KiB (its default is 2 MiB).
+pub const PAGE_CACHE_KIB: i64 = 32 * 1024;
+/// How large the WAL file stays after a checkpoint.
+pub const WAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
 
 /// Seconds since the Unix epoch (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -47,6 +100,14 @@ impl UnixSeconds {
         Self(i64::try_from(seconds).unwrap_or(i64::MAX))
     }
 
+    /// 00:00 UTC on the first day of this instant's month: where monthly token budgets
+    /// start.
+    pub fn month_start(self) -> Self {
+        let days = self.0.div_euclid(86_400);
+        let (_, _, day) = civil_from_days(days);
+        Self((days - i64::from(day) + 1) * 86_400)
+    }
+
     /// `YYYY-MM-DDTHH:MM:SSZ`.
     pub fn to_rfc3339(self) -> String {
         let days = self.0.div_euclid(86_400);
@@ -58,6 +119,28 @@ impl UnixSeconds {
             seconds / 60 % 60,
             seconds % 60
         )
+    }
+}
+
+/// Milliseconds since the Unix epoch (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct UnixMillis(pub i64);
+
+impl UnixMillis {
+    pub fn now() -> Self {
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        Self(i64::try_from(millis).unwrap_or(i64::MAX))
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+    pub fn to_rfc3339(self) -> String {
+        let seconds = UnixSeconds(self.0.div_euclid(1000)).to_rfc3339();
+        let millis = self.0.rem_euclid(1000);
+        format!("{}.{millis:03}Z", seconds.trim_end_matches('Z'))
     }
 }
 
@@ -183,9 +266,30 @@ pub enum LedgerError {
     Random(String),
     #[error("the database was locked by a thread that panicked")]
     Poisoned,
+    #[error("cannot start the ledger writer thread: {0}")]
+    WriterThread(std::io::Error),
 }
 
-fn sqlite(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> LedgerError {
+impl LedgerError {
+    /// Whether SQLite found the disk (or `PRAGMA max_page_count`) full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            Self::Sqlite {
+                cause: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error {
+                        code: rusqlite::ErrorCode::DiskFull,
+                        ..
+                    },
+                    _
+                ),
+                ..
+            }
+        )
+    }
+}
+
+pub(crate) fn sqlite(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> LedgerError {
     move |cause| LedgerError::Sqlite { operation, cause }
 }
 
@@ -241,6 +345,11 @@ impl Ledger {
         connection
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(sqlite("set busy timeout"))?;
+        // Only takes effect on a new, empty file (before migration 1): compaction can then
+        // give deleted pages back to the file system (`PRAGMA incremental_vacuum`).
+        connection
+            .pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(sqlite("set auto vacuum"))?;
         // WAL: readers never block the writer. FULL: a committed row survives power loss.
         connection
             .pragma_update(None, "journal_mode", "WAL")
@@ -251,6 +360,14 @@ impl Ledger {
         connection
             .pragma_update(None, "foreign_keys", "ON")
             .map_err(sqlite("enable foreign keys"))?;
+        // The rollups' and indexes' hot pages stay in memory across commits.
+        connection
+            .pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
+            .map_err(sqlite("set page cache size"))?;
+        // After a burst, a checkpoint truncates the WAL back to this size.
+        connection
+            .pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)
+            .map_err(sqlite("limit WAL size"))?;
         schema::migrate(&mut connection)?;
         Ok(Self {
             connection: Mutex::new(connection),
@@ -259,6 +376,30 @@ impl Ledger {
 
     fn connection(&self) -> Result<MutexGuard<'_, Connection>, LedgerError> {
         self.connection.lock().map_err(|_| LedgerError::Poisoned)
+    }
+
+    /// Writes usage records and telemetry samples in one transaction (`BEGIN IMMEDIATE`, so
+    /// it waits for another process's write lock instead of failing on it). All or nothing.
+    /// Returns how many samples were new.
+    pub(crate) fn write_batch(
+        &self,
+        records: &[UsageRecord],
+        samples: &[TelemetrySample],
+    ) -> Result<usize, LedgerError> {
+        for record in records {
+            record.validate()?;
+        }
+        for sample in samples {
+            sample.validate()?;
+        }
+        let mut connection = self.connection()?;
+        let transaction = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sqlite("begin write"))?;
+        usage::insert(&transaction, records).map_err(sqlite("store usage"))?;
+        let stored = telemetry::insert(&transaction, samples)?;
+        transaction.commit().map_err(sqlite("commit"))?;
+        Ok(stored)
     }
 
     /// The schema version the database is at.
@@ -368,6 +509,19 @@ impl Ledger {
                 Ok(Revocation::Revoked)
             }
         }
+    }
+
+    /// The key with id `id`, revoked or not; `None` when there is none.
+    pub fn key(&self, id: i64) -> Result<Option<KeyRecord>, LedgerError> {
+        let connection = self.connection()?;
+        connection
+            .query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?1"),
+                params![id],
+                key_record,
+            )
+            .optional()
+            .map_err(sqlite("find key"))
     }
 
     /// The key record for a presented key, if it is well formed, known and not revoked. The

@@ -176,12 +176,65 @@ fn a_database_from_a_newer_release_is_refused() {
 }
 
 #[test]
+fn a_database_at_version_1_is_migrated_and_keeps_its_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("moebox.sqlite");
+    let key = {
+        let mut connection = Connection::open(&path).expect("open");
+        let transaction = connection.transaction().expect("transaction");
+        transaction
+            .execute_batch(schema::MIGRATIONS[0])
+            .expect("migration 1");
+        transaction
+            .pragma_update(None, "user_version", 1)
+            .expect("version");
+        let key = key::generate().expect("random");
+        // A key written by the release that knew only migration 1.
+        transaction
+            .execute(
+                "INSERT INTO keys (lookup, digest, name, team, scope, created_at) \
+                 VALUES (?1, ?2, 'old', 'default', 'user', 1)",
+                params![key.lookup(), key.digest().as_slice()],
+            )
+            .expect("key");
+        transaction.commit().expect("commit");
+        key
+    };
+    let ledger = Ledger::open(&path).expect("migrates");
+    assert_eq!(ledger.schema_version().expect("version"), MIGRATIONS_LEN);
+    ledger.verify_key(key.expose()).expect("still valid");
+    assert_eq!(
+        ledger
+            .usage_total(UnixSeconds(0), UnixSeconds(10), &UsageFilter::All)
+            .expect("usage table exists"),
+        UsageTotals::default()
+    );
+}
+
+#[test]
 fn timestamps_format_as_utc() {
     assert_eq!(UnixSeconds(0).to_rfc3339(), "1970-01-01T00:00:00Z");
     assert_eq!(
         UnixSeconds(1_709_210_096).to_rfc3339(),
         "2024-02-29T12:34:56Z"
     );
+    assert_eq!(
+        UnixMillis(1_709_210_096_007).to_rfc3339(),
+        "2024-02-29T12:34:56.007Z"
+    );
 }
 
 const MIGRATIONS_LEN: i64 = schema::MIGRATIONS.len() as i64;
+
+#[test]
+fn month_start_is_midnight_utc_on_the_first() {
+    // 2024-02-29T13:14:15Z (a leap day) → 2024-02-01T00:00:00Z.
+    let leap_day = UnixSeconds(1_709_212_455);
+    assert_eq!(leap_day.month_start().to_rfc3339(), "2024-02-01T00:00:00Z");
+    let first = UnixSeconds(1_706_745_600);
+    assert_eq!(first.month_start(), first);
+    assert_eq!(
+        UnixSeconds(1_706_745_599).month_start().to_rfc3339(),
+        "2024-01-01T00:00:00Z"
+    );
+}

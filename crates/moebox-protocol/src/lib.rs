@@ -8,6 +8,7 @@
 //! | `GET /v1/health`  |                     | [`Health`] (always 200 while the process answers)   |
 //! | `GET /v1/ready`   |                     | 200 when ready, 503 while loading, warming or draining, body [`Health`] |
 //! | `GET /v1/load`    |                     | [`Load`]                                            |
+//! | `GET /v1/telemetry?since=SEQ` |         | [`telemetry::TelemetryBatch`]: the samples taken after `SEQ` (0 or absent: all the engine still holds) |
 //!
 //! A request the engine refuses before streaming is answered with a non-200 status and an
 //! [`ErrorBody`]. No type here knows about ONNX Runtime or HTTP libraries.
@@ -16,10 +17,13 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod telemetry;
+
 pub const GENERATE_PATH: &str = "/v1/generate";
 pub const HEALTH_PATH: &str = "/v1/health";
 pub const READY_PATH: &str = "/v1/ready";
 pub const LOAD_PATH: &str = "/v1/load";
+pub const TELEMETRY_PATH: &str = "/v1/telemetry";
 pub const NDJSON: &str = "application/x-ndjson";
 
 /// One chat message; the engine renders the model's chat template.
@@ -205,6 +209,9 @@ pub struct Load {
     pub max_waiting: u32,
     /// Tokens the engine has generated since it started.
     pub generated_tokens_total: u64,
+    /// Prefill runs since it started (fresh prompts of equal length share one).
+    #[serde(default)]
+    pub prefill_runs_total: u64,
 }
 
 #[cfg(test)]

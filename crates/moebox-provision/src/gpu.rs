@@ -174,19 +174,6 @@ pub fn pcie_generation(speed: &str) -> Option<u32> {
         .map(|(_, generation)| *generation)
 }
 
-/// NVML writes bus ids as `00000000:07:00.0`; sysfs as `0000:07:00.0`. Both become the sysfs
-/// form, lowercase.
-pub fn normalise_bus_id(bus_id: &str) -> String {
-    let bus_id = bus_id.trim().to_ascii_lowercase();
-    match bus_id.split_once(':') {
-        Some((domain, rest)) => match u32::from_str_radix(domain, 16) {
-            Ok(domain) => format!("{domain:04x}:{rest}"),
-            Err(_) => bus_id,
-        },
-        None => bus_id,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,12 +184,6 @@ mod tests {
         assert_eq!(pcie_generation("2.5 GT/s PCIe"), Some(1));
         assert_eq!(pcie_generation("32.0 GT/s PCIe"), Some(5));
         assert_eq!(pcie_generation("Unknown"), None);
-    }
-
-    #[test]
-    fn nvml_bus_ids_normalise_to_sysfs_form() {
-        assert_eq!(normalise_bus_id("00000000:07:00.0"), "0000:07:00.0");
-        assert_eq!(normalise_bus_id("0000:0F:00.0"), "0000:0f:00.0");
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! What NVML says about each GPU, as plain data.
 //!
-//! The live source loads `libnvidia-ml.so.1` at run time through `nvml-wrapper`; a missing
-//! library or driver is a state ([`NvmlState::Unavailable`]), not a crash. The snapshot is
+//! The live source loads `libnvidia-ml.so.1` at run time through `nvml-wrapper` (with
+//! `moebox-telemetry`'s loader, the one the engines use too); a missing library or driver is a
+//! state ([`NvmlState::Unavailable`]), not a crash. The snapshot is
 //! serialisable: it goes into `provision.json` as is, and the tests feed recorded snapshots
 //! back through [`FixedNvml`].
 
-use std::ffi::OsStr;
-
+use moebox_telemetry::nvml::normalise_bus_id;
+pub use moebox_telemetry::nvml::{NVML_LIBRARY, NvmlFailure};
 use nvml_wrapper::{
-    Device, Nvml,
+    Device,
     enum_wrappers::device::{EccCounter, MemoryError, TemperatureSensor, TemperatureThreshold},
     enums::device::SampleValue,
     error::NvmlError,
@@ -19,12 +20,6 @@ use nvml_wrapper::{
     },
 };
 use serde::{Deserialize, Serialize};
-
-use crate::gpu::normalise_bus_id;
-
-/// The NVML library the driver's user space installs (the unversioned `.so` is only in
-/// development packages).
-pub const NVML_LIBRARY: &str = "libnvidia-ml.so.1";
 
 /// NVML's state for this run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,19 +43,6 @@ impl Default for NvmlState {
             reason: "not asked".to_owned(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NvmlFailure {
-    /// `libnvidia-ml.so.1` is not installed.
-    LibraryNotFound,
-    /// The kernel module is not loaded.
-    DriverNotLoaded,
-    /// The kernel module and the user-space library are different driver versions.
-    VersionMismatch,
-    NoPermission,
-    Other,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,21 +144,12 @@ pub struct LiveNvml;
 
 impl NvmlSource for LiveNvml {
     fn snapshot(&mut self) -> NvmlState {
-        let nvml = match Nvml::builder().lib_path(OsStr::new(NVML_LIBRARY)).init() {
+        let nvml = match moebox_telemetry::nvml::open() {
             Ok(nvml) => nvml,
             Err(err) => {
-                let failure = match &err {
-                    NvmlError::LibloadingError(_) | NvmlError::LibraryNotFound => {
-                        NvmlFailure::LibraryNotFound
-                    }
-                    NvmlError::DriverNotLoaded => NvmlFailure::DriverNotLoaded,
-                    NvmlError::LibRmVersionMismatch => NvmlFailure::VersionMismatch,
-                    NvmlError::NoPermission => NvmlFailure::NoPermission,
-                    _ => NvmlFailure::Other,
-                };
                 return NvmlState::Unavailable {
-                    failure,
-                    message: format!("{NVML_LIBRARY}: {err}"),
+                    failure: err.failure,
+                    message: err.message,
                 };
             }
         };

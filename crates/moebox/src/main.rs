@@ -8,6 +8,7 @@ mod generate;
 mod keys;
 mod provision;
 mod serve;
+mod tco;
 mod up;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -44,6 +45,11 @@ enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// What the appliance costs: the TCO report.
+    Tco {
+        #[command(subcommand)]
+        command: tco::TcoCommand,
+    },
     /// Configuration file commands.
     Config {
         #[command(subcommand)]
@@ -71,6 +77,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Up(args) => up::run(args),
         Command::Keys { command } => keys::run(command),
+        Command::Tco { command } => tco::run(command),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => moebox_config::Config::load(&config)

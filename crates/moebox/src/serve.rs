@@ -4,7 +4,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use moebox_config::Config;
-use moebox_ledger::Ledger;
+use moebox_ledger::{Ledger, UsageWriter, WriterThread};
 use moebox_systemd::SystemdEnv;
 
 /// How long the async runtime waits for its blocking threads at exit.
@@ -18,7 +18,7 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
-    let ledger = Arc::new(open_ledger(&config)?);
+    let (ledger, writer, writer_thread) = open_gateway_ledger(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -38,19 +38,30 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 if config.gateway.tls { "HTTPS" } else { "HTTP" }
             ));
         }
-        let gateway = moebox_gateway::build(&config, ledger);
+        let gateway = moebox_gateway::build(&config, ledger, writer);
         moebox_gateway::serve(gateway, &config, listener, transport, shutdown_signal()).await;
         if let Some(notifier) = &notifier {
             notifier.stopping();
         }
         anyhow::Ok(())
     });
+    // Every task (and with them every handle on the writer) is gone: the writer finishes
+    // its queue and stops.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    writer_thread.join();
     result
 }
 
 pub fn open_ledger(config: &Config) -> anyhow::Result<Ledger> {
     Ledger::open(&config.ledger.database).context("ledger.database")
+}
+
+/// The gateway's two connections: reads and key checks, and the writer thread.
+pub fn open_gateway_ledger(
+    config: &Config,
+) -> anyhow::Result<(Arc<Ledger>, UsageWriter, WriterThread)> {
+    moebox_ledger::open_with_writer(&config.ledger.database, config.ledger.writer_queue)
+        .context("ledger.database")
 }
 
 /// The socket systemd passed (socket activation), else `gateway.listen` bound here.

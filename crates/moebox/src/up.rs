@@ -43,6 +43,8 @@ pub const ENGINE_RESTART_BACKOFF: Duration = Duration::from_millis(500);
 pub const MAX_ENGINE_RESTART_BACKOFF: Duration = Duration::from_secs(10);
 /// An engine that ran this long before exiting is restarted after the first backoff again.
 pub const ENGINE_HEALTHY_RUN: Duration = Duration::from_secs(30);
+/// Telemetry reaches the ledger (and the GPU page) sooner than in production.
+pub const UP_TELEMETRY_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// How often `up` checks whether it can print `ready`.
 pub const READY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest Unix socket path (sockaddr_un's sun_path, less its NUL).
@@ -83,7 +85,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     // Check what was written the way `moebox serve` and `keys` will read it.
     let config = Config::load(&config_path)?;
-    let ledger = Arc::new(serve::open_ledger(&config)?);
+    let (ledger, writer, writer_thread) = serve::open_gateway_ledger(&config)?;
     let now = UnixSeconds::now();
     let admin = ledger.create_key(&NewKey::new("up admin", Scope::Admin), now)?;
     let user = ledger.create_key(&NewKey::new("up user", Scope::User), now)?;
@@ -103,7 +105,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let supervisor = tokio::spawn(supervise_engine(exe, config_path.clone(), stopped));
         let transport = moebox_gateway::transport(&config.gateway, address)?;
-        let gateway = moebox_gateway::build(&config, ledger);
+        let gateway = moebox_gateway::build(&config, ledger, writer);
 
         let scheme = if config.gateway.tls { "https" } else { "http" };
         let url = format!("{scheme}://{address}");
@@ -147,6 +149,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
     runtime.shutdown_timeout(serve::RUNTIME_SHUTDOWN_TIMEOUT);
+    writer_thread.join();
     result
 }
 
@@ -185,6 +188,7 @@ fn up_config(model: &Path, data_dir: &Path, listen: &str) -> anyhow::Result<Conf
     config.gateway.tls_private_key = data_dir.join("tls/key.pem");
     config.gateway.engine_count = 1;
     config.gateway.engine_poll_interval_ms = UP_ENGINE_POLL_INTERVAL.as_millis() as u64;
+    config.gateway.telemetry_poll_interval_seconds = UP_TELEMETRY_POLL_INTERVAL.as_secs();
     Ok(config)
 }
 

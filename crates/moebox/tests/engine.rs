@@ -21,6 +21,8 @@ const PROMPT: &str = "The balance sheet shows";
 const MAX_TOKENS: u32 = 240;
 /// Long enough for a debug build on a busy 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(120);
+/// `engine.telemetry_interval_ms` in the tests: the shortest allowed, so samples come quickly.
+const TELEMETRY_INTERVAL_MS: u64 = 100;
 
 struct Engine {
     child: Child,
@@ -38,7 +40,7 @@ impl Engine {
         std::fs::write(
             &config,
             format!(
-                "[engine]\nmodel = {model:?}\nexecution_provider = \"cpu\"\nsocket = {socket_pattern:?}\nkv_budget_tokens = 1024\nmax_sequence_tokens = 256\n",
+                "[engine]\nmodel = {model:?}\nexecution_provider = \"cpu\"\nsocket = {socket_pattern:?}\nkv_budget_tokens = 1024\nmax_sequence_tokens = 256\ntelemetry_interval_ms = {TELEMETRY_INTERVAL_MS}\n",
                 model = model.display().to_string(),
                 socket_pattern = socket_pattern.display().to_string(),
             ),
@@ -288,9 +290,12 @@ fn load_shows_running_requests_and_a_client_that_hangs_up_is_cancelled() {
         .collect();
     // The requests reach the engine over their own connections: poll until it has taken them.
     let mut load = engine.load();
+    // Until the scheduler has admitted the first rows too (its counters are published once
+    // per step, so all sixteen may show as waiting for a moment).
     wait_until("all sixteen requests reach the engine", || {
         load = engine.load();
-        load["running"].as_u64().unwrap_or(0) + load["waiting"].as_u64().unwrap_or(0) >= 5
+        let running = load["running"].as_u64().unwrap_or(0);
+        running >= 1 && running + load["waiting"].as_u64().unwrap_or(0) >= 5
     });
     let running = load["running"].as_u64().expect("running");
     assert!((1..=4).contains(&running), "{load}");
@@ -325,6 +330,69 @@ fn load_shows_running_requests_and_a_client_that_hangs_up_is_cancelled() {
         expected
     );
     assert!(engine.child.id() > 0 && UnixStream::connect(&engine.socket).is_ok());
+}
+
+/// The CPU engine samples CPU package energy (RAPL) on its own thread from the start, while the
+/// model generates, and serves the samples on its socket. A host whose RAPL counters cannot be
+/// read (no powercap in a VM, root-only `energy_uj`) gets samples that say why.
+#[test]
+fn telemetry_is_sampled_on_its_own_thread_and_served_since_a_sequence_number() {
+    let engine = Engine::start(&[]);
+    let telemetry = |since: u64| {
+        let (status, batch) = get_json(&engine.socket, &format!("/v1/telemetry?since={since}"));
+        assert_eq!(status, 200, "{batch}");
+        batch
+    };
+    // Sampling goes on beside the scheduler, whether it decodes or idles (the fixture's
+    // generations are over in a fraction of an interval).
+    let response = engine.generate(PROMPT, MAX_TOKENS);
+    let before = telemetry(0)["latest_seq"].as_u64().expect("latest_seq");
+    wait_until("three more telemetry samples", || {
+        telemetry(0)["latest_seq"].as_u64().expect("latest_seq") >= before + 3
+    });
+    let stream = read_stream(response);
+    assert_eq!(stream.end["event"], "done");
+
+    let batch = telemetry(0);
+    assert_eq!(batch["interval_ms"], TELEMETRY_INTERVAL_MS);
+    assert_eq!(batch["missed"], 0, "{batch}");
+    let samples = batch["samples"].as_array().expect("samples");
+    let seqs: Vec<u64> = samples
+        .iter()
+        .map(|s| s["seq"].as_u64().expect("seq"))
+        .collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "numbered from 1 without gaps");
+    let uptimes: Vec<u64> = samples
+        .iter()
+        .map(|s| s["uptime_ms"].as_u64().expect("uptime_ms"))
+        .collect();
+    assert!(uptimes.windows(2).all(|w| w[0] < w[1]), "{uptimes:?}");
+    let reading = &samples[seqs.len() - 1]["reading"];
+    match reading["source"].as_str() {
+        Some("rapl") => {
+            let packages = reading["packages"].as_array().expect("packages");
+            assert!(!packages.is_empty(), "{reading}");
+            assert!(packages[0]["energy"]["total_mj"].is_u64(), "{reading}");
+        }
+        Some("unavailable") => {
+            assert_eq!(reading["tried"], "rapl", "{reading}");
+            let reason = reading["reason"].as_str().expect("reason");
+            assert!(reason.contains("/sys/class/powercap"), "{reason}");
+            eprintln!("this host's RAPL: {} ({reason})", reading["kind"]);
+        }
+        other => panic!("a CPU engine reads RAPL, not {other:?}: {reading}"),
+    }
+    // The same instance, and only what came after.
+    let latest = batch["latest_seq"].as_u64().expect("latest_seq");
+    let after = telemetry(latest - 1);
+    assert_eq!(after["instance"], batch["instance"]);
+    assert_eq!(after["samples"][0]["seq"], latest);
+    assert!(
+        engine.stderr().contains("telemetry"),
+        "the source's state is logged once:\n{}",
+        engine.stderr()
+    );
 }
 
 #[test]

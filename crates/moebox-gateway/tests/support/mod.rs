@@ -238,7 +238,8 @@ pub struct TestGateway {
 impl TestGateway {
     pub async fn start(engines: &[&Arc<FakeEngine>], tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ledger = Arc::new(Ledger::open(&dir.path().join("moebox.sqlite")).expect("ledger"));
+        let (ledger, writer, _writer_thread) =
+            moebox_ledger::open_with_writer(&dir.path().join("moebox.sqlite"), 64).expect("ledger");
         let admin = ledger
             .create_key(&NewKey::new("admin", Scope::Admin), UnixSeconds::now())
             .expect("admin key");
@@ -259,7 +260,7 @@ impl TestGateway {
             .expect("bind");
         let address = listener.local_addr().expect("address");
         let transport = moebox_gateway::transport(&config.gateway, address).expect("transport");
-        let gateway = moebox_gateway::build(&config, Arc::clone(&ledger));
+        let gateway = moebox_gateway::build(&config, Arc::clone(&ledger), writer);
         gateway.router().poll_all().await;
         let (stop, stopped) = oneshot::channel::<()>();
         let (stop_polling, polling) = tokio::sync::watch::channel(false);
@@ -297,6 +298,47 @@ impl TestGateway {
 
     pub async fn raw(&self, method: &str, path: &str, key: Option<&str>, body: Vec<u8>) -> Reply {
         let response = self.send(method, path, key, body).await;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("response body")
+            .to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Sends a request with exactly `headers` (no key, no content type added) and reads it.
+    pub async fn with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
+        let stream = tokio::net::TcpStream::connect(self.address)
+            .await
+            .expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = sender
+            .send_request(request.body(Full::new(Bytes::from(body))).expect("request"))
+            .await
+            .expect("response");
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response
