@@ -310,7 +310,7 @@ struct Raw {
 }
 
 impl Raw {
-    /// Connects and sends only `bytes` (no preface).
+    /// Connects without sending anything (not even the preface).
     async fn bare(gateway: &TestGateway) -> Self {
         let stream = TcpStream::connect(gateway.address).await.expect("connect");
         Self { stream }
