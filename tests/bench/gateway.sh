@@ -4,17 +4,22 @@
 #   2. streaming through the gateway vs straight from the engine socket (tests/bench/stream.py);
 #   3. the gateway's RSS idle and after the load (`up` runs the gateway in its own process; the
 #      engine is its child).
-# Usage: tests/bench/gateway.sh [--duration SECONDS] [--connections N]
+# Usage: tests/bench/gateway.sh [--duration SECONDS] [--connections N] [--model DIR]
+# (--model: a model folder for `up`, e.g. the 80M bench model of tests/bench/common.sh, whose
+# tokens cost what a real model's do relative to the gateway; default the tiny fixture, which
+# makes tokens so cheap that the gateway's per-chunk work shows at its largest.)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 duration=15
 connections=50
+model_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) duration=$2; shift 2 ;;
         --connections) connections=$2; shift 2 ;;
-        *) echo "usage: $0 [--duration S] [--connections N]" >&2; exit 2 ;;
+        --model) model_args=(--model "$2"); shift 2 ;;
+        *) echo "usage: $0 [--duration S] [--connections N] [--model DIR]" >&2; exit 2 ;;
     esac
 done
 command -v wrk >/dev/null || { echo "gateway.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
@@ -25,10 +30,10 @@ busy=$( (pgrep -a cargo; pgrep -a rustc) 2>/dev/null || true)
 
 data=$(mktemp -d)
 out=$data/up.out
-MOEBOX_LOG=warn target/release/moebox up --data-dir "$data" --listen 127.0.0.1:0 >"$out" 2>"$data/up.err" &
+MOEBOX_LOG=warn target/release/moebox up "${model_args[@]}" --data-dir "$data" --listen 127.0.0.1:0 >"$out" 2>"$data/up.err" &
 up=$!
 trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 600); do grep -q '^ready' "$out" && break; sleep 0.1; done
+for _ in $(seq 1200); do grep -q '^ready' "$out" && break; sleep 0.1; done
 grep -q '^ready' "$out" || { cat "$data/up.err" >&2; exit 1; }
 url=$(sed -n 's/^url: //p' "$out")
 key=$(sed -n 's/^user key: //p' "$out")

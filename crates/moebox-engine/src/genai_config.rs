@@ -9,6 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// Most decoder layers `model.decoder.num_hidden_layers` may declare: far above any published
+/// model (the largest have under 200), and a bound on what a corrupt file makes the engine
+/// allocate before it opens the graph (one input and one output name per layer and tensor).
+pub const MAX_LAYERS: usize = 4_096;
+
 /// What the engine knows about a model folder before it opens a session.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
@@ -247,10 +252,10 @@ impl ModelSpec {
             ));
         }
         let layers = decoder.num_hidden_layers;
-        if layers == 0 {
+        if layers == 0 || layers > MAX_LAYERS {
             return Err(unsupported(
                 "model.decoder.num_hidden_layers",
-                "must be at least 1".into(),
+                format!("must be 1 to {MAX_LAYERS}, got {layers}"),
             ));
         }
         if decoder.num_key_value_heads == 0
@@ -478,6 +483,32 @@ mod tests {
         });
         let err = parse(&text).expect_err("layer 9 missing");
         assert!(err.to_string().contains("layer 9"), "{err}");
+    }
+
+    /// Found by the `genai_config` fuzz target: 4 000 000 000 layers made the parser try to
+    /// allocate a name per layer and abort the process.
+    #[test]
+    fn absurd_layer_counts_are_refused_before_allocating() {
+        for layers in [0_u64, MAX_LAYERS as u64 + 1, 4_000_000_000, u64::MAX] {
+            let text = edited(|v| v["model"]["decoder"]["num_hidden_layers"] = layers.into());
+            let err = parse(&text).expect_err("layer count out of range");
+            assert!(
+                matches!(
+                    err,
+                    GenaiConfigError::Unsupported {
+                        key: "model.decoder.num_hidden_layers",
+                        ..
+                    }
+                ),
+                "{layers}: {err}"
+            );
+            assert!(err.to_string().contains(&layers.to_string()), "{err}");
+        }
+        let text = edited(|v| v["model"]["decoder"]["num_hidden_layers"] = MAX_LAYERS.into());
+        assert_eq!(
+            parse(&text).expect("the limit itself").num_layers,
+            MAX_LAYERS
+        );
     }
 
     #[test]
