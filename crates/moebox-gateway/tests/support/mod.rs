@@ -297,20 +297,7 @@ impl TestGateway {
     }
 
     pub async fn raw(&self, method: &str, path: &str, key: Option<&str>, body: Vec<u8>) -> Reply {
-        let response = self.send(method, path, key, body).await;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("response body")
-            .to_bytes();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        read(self.send(method, path, key, body).await).await
     }
 
     /// Sends a request with exactly `headers` (no key, no content type added) and reads it.
@@ -321,6 +308,34 @@ impl TestGateway {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Reply {
+        read(self.exchange(method, path, headers, body).await).await
+    }
+
+    /// Sends a request with a JSON content type and `key` as its Bearer key, and returns the
+    /// response with its body unread.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Vec<u8>,
+    ) -> Response<Incoming> {
+        let authorization = key.map(|key| format!("Bearer {key}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(authorization) = &authorization {
+            headers.push(("authorization", authorization));
+        }
+        self.exchange(method, path, &headers, body).await
+    }
+
+    /// One request on a fresh HTTP/1.1 connection, with `headers` and a Host.
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Response<Incoming> {
         let stream = tokio::net::TcpStream::connect(self.address)
             .await
             .expect("connect");
@@ -335,52 +350,27 @@ impl TestGateway {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = sender
-            .send_request(request.body(Full::new(Bytes::from(body))).expect("request"))
-            .await
-            .expect("response");
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("response body")
-            .to_bytes();
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    /// Sends a request and returns the response with its body unread.
-    pub async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        key: Option<&str>,
-        body: Vec<u8>,
-    ) -> Response<Incoming> {
-        let stream = tokio::net::TcpStream::connect(self.address)
-            .await
-            .expect("connect");
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(connection);
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "localhost")
-            .header("content-type", "application/json");
-        if let Some(key) = key {
-            request = request.header("authorization", format!("Bearer {key}"));
-        }
         sender
             .send_request(request.body(Full::new(Bytes::from(body))).expect("request"))
             .await
             .expect("response")
+    }
+}
+
+/// Reads a whole response.
+async fn read(response: Response<Incoming>) -> Reply {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("response body")
+        .to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
     }
 }
 
