@@ -19,9 +19,9 @@ pub enum AccountingError {
     Report(#[from] ReportError),
 }
 
-/// Seconds at 00:00 UTC of `date`, and at 00:00 UTC of the day after `to` (the end of an
-/// inclusive period).
-fn span(from: Date, to: Date) -> (UnixSeconds, UnixSeconds) {
+/// Seconds at 00:00 UTC of `from`, and at 00:00 UTC of the day after `to`: the half-open
+/// ledger range of the inclusive period `from..=to`.
+pub fn span(from: Date, to: Date) -> (UnixSeconds, UnixSeconds) {
     (
         UnixSeconds(from.unix_seconds()),
         UnixSeconds(to.unix_seconds() + 86_400),

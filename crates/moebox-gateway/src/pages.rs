@@ -342,8 +342,7 @@ pub fn overview(ledger: &Ledger, model: &CostModel, now: UnixSeconds) -> Result<
     let today = today(now)?;
     let from = today.year_month().first_day();
     let report = accounting::report(ledger, model, from, today).map_err(report_error)?;
-    let start = UnixSeconds(from.unix_seconds());
-    let end = UnixSeconds(today.unix_seconds() + 86_400);
+    let (start, end) = accounting::span(from, today);
     let daily = ledger
         .usage_series(start, end, Step::Day, &UsageFilter::All)
         .map_err(ledger_error)?
@@ -402,10 +401,7 @@ pub fn usage(
 ) -> Result<String, ApiError> {
     let (from, to) = period(query, today(now)?)?;
     let report = accounting::report(ledger, model, from, to).map_err(report_error)?;
-    let (start, end) = (
-        UnixSeconds(from.unix_seconds()),
-        UnixSeconds(to.unix_seconds() + 86_400),
-    );
+    let (start, end) = accounting::span(from, to);
     let teams: Vec<pages::TeamUsage> = ledger
         .usage_by_team(start, end)
         .map_err(ledger_error)?
@@ -482,10 +478,7 @@ pub fn export(
         _ => return Ok(None),
     };
     let (from, to) = period(query, today(now)?)?;
-    let (start, end) = (
-        UnixSeconds(from.unix_seconds()),
-        UnixSeconds(to.unix_seconds() + 86_400),
-    );
+    let (start, end) = accounting::span(from, to);
     let body = if name == "usage" {
         let group = match query_param(query, "group").unwrap_or("team") {
             "team" => ReportGroup::Team,

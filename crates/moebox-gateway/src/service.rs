@@ -300,10 +300,18 @@ impl Gateway {
         request: &Request<Incoming>,
         admin: bool,
     ) -> Result<KeyRecord, ApiError> {
-        let client = request
-            .extensions()
-            .get::<ClientAddr>()
-            .map(|ClientAddr(address)| ClientId::from(address.ip()));
+        self.check_key(client_id(request), bearer_token(request), admin)
+    }
+
+    /// Checks a presented key (`token`, or why the request has none) for `client`: the
+    /// client's failure bucket first, then the ledger; a malformed, unknown or revoked key
+    /// counts as one failure of that client. `admin` requires the admin scope.
+    fn check_key(
+        &self,
+        client: Option<ClientId>,
+        token: Result<&str, ApiError>,
+        admin: bool,
+    ) -> Result<KeyRecord, ApiError> {
         let now = Instant::now();
         if let Some(client) = client {
             self.auth_failures
@@ -312,40 +320,23 @@ impl Gateway {
                     retry_after_seconds: retry_after_seconds(wait),
                 })?;
         }
-        let result = self.verify(request, admin);
+        let result = token.and_then(|token| {
+            self.ledger.verify_key(token).map_err(|error| match error {
+                VerifyError::Malformed(reason) => ApiError::InvalidKey(reason.to_string()),
+                VerifyError::Unknown => ApiError::InvalidKey("no such key".into()),
+                VerifyError::Revoked => ApiError::RevokedKey,
+                VerifyError::Ledger(error) => {
+                    tracing::error!(%error, "key verification failed");
+                    ApiError::Internal
+                }
+            })
+        });
         if let (Some(client), Err(ApiError::InvalidKey(_) | ApiError::RevokedKey)) =
             (client, &result)
         {
             self.auth_failures.record_failure(client, now);
         }
-        result
-    }
-
-    fn verify(&self, request: &Request<Incoming>, admin: bool) -> Result<KeyRecord, ApiError> {
-        let header = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .ok_or(ApiError::MissingKey)?;
-        let value = header
-            .to_str()
-            .map_err(|_| ApiError::InvalidKey("the Authorization header is not ASCII".into()))?;
-        let token = match value.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => {
-                return Err(ApiError::InvalidKey(
-                    "use the Bearer scheme: `Authorization: Bearer mbx_...`".into(),
-                ));
-            }
-        };
-        let record = self.ledger.verify_key(token).map_err(|error| match error {
-            VerifyError::Malformed(reason) => ApiError::InvalidKey(reason.to_string()),
-            VerifyError::Unknown => ApiError::InvalidKey("no such key".into()),
-            VerifyError::Revoked => ApiError::RevokedKey,
-            VerifyError::Ledger(error) => {
-                tracing::error!(%error, "key verification failed");
-                ApiError::Internal
-            }
-        })?;
+        let record = result?;
         if admin && !record.is_admin() {
             return Err(ApiError::AdminRequired);
         }
@@ -440,10 +431,7 @@ impl Gateway {
     /// (failures count against the client), for a session cookie.
     async fn login(&self, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
         let secure = self.limits.tls;
-        let client = request
-            .extensions()
-            .get::<ClientAddr>()
-            .map(|ClientAddr(address)| ClientId::from(address.ip()));
+        let client = client_id(&request);
         let expected = pages::cookie(request.headers(), pages::LOGIN_COOKIE).map(str::to_owned);
         let body = self.read_body(request).await?;
         let fields = pages::form_fields(&body);
@@ -458,39 +446,26 @@ impl Gateway {
                 secure,
             );
         }
-        let now = Instant::now();
-        if let Some(client) = client
-            && let Err(wait) = self.auth_failures.check(client, now)
-        {
-            return Err(ApiError::AuthFailures {
-                retry_after_seconds: retry_after_seconds(wait),
-            });
-        }
         let key = fields.get("key").map(|k| k.trim()).unwrap_or_default();
-        let record = match self.ledger.verify_key(key) {
-            Ok(record) if record.is_admin() => record,
-            Ok(_) => {
+        let record = match self.check_key(client, Ok(key), true) {
+            Ok(record) => record,
+            Err(ApiError::AdminRequired) => {
                 return pages::login_form(
                     Some("That key is not an admin key."),
                     StatusCode::FORBIDDEN,
                     secure,
                 );
             }
-            Err(VerifyError::Ledger(error)) => {
-                tracing::error!(%error, "key verification failed");
-                return Err(ApiError::Internal);
-            }
-            Err(_) => {
-                if let Some(client) = client {
-                    self.auth_failures.record_failure(client, now);
-                }
+            Err(ApiError::InvalidKey(_) | ApiError::RevokedKey) => {
                 return pages::login_form(
                     Some("That key is not valid."),
                     StatusCode::UNAUTHORIZED,
                     secure,
                 );
             }
+            Err(other) => return Err(other),
         };
+        let now = Instant::now();
         let (session, _) = self.sessions.create(record.id, now)?;
         tracing::info!(target: "moebox_gateway::audit", key_id = record.id, "admin signed in");
         let mut response = pages::redirect(pages::PATH_OVERVIEW);
@@ -1149,6 +1124,30 @@ impl Account {
 
 fn duration_ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Who sent `request`, for the auth-failure buckets (the listener records the address).
+fn client_id(request: &Request<Incoming>) -> Option<ClientId> {
+    request
+        .extensions()
+        .get::<ClientAddr>()
+        .map(|ClientAddr(address)| ClientId::from(address.ip()))
+}
+
+/// The key of `Authorization: Bearer ...`, or why there is none.
+fn bearer_token(request: &Request<Incoming>) -> Result<&str, ApiError> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or(ApiError::MissingKey)?
+        .to_str()
+        .map_err(|_| ApiError::InvalidKey("the Authorization header is not ASCII".into()))?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+        _ => Err(ApiError::InvalidKey(
+            "use the Bearer scheme: `Authorization: Bearer mbx_...`".into(),
+        )),
+    }
 }
 
 /// Whether a client asked for HTML (a browser navigating), to send it to the login form
