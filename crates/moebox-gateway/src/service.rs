@@ -763,10 +763,12 @@ impl Gateway {
             model: validated.model.clone(),
             endpoint,
             started,
-            started_at: UnixMillis::now()
-                .0
-                .checked_sub(duration_ms(started.elapsed()) as i64)
-                .map_or(UnixMillis::now(), UnixMillis),
+            // The wall-clock time of arrival: now, less what the request has taken so far.
+            started_at: UnixMillis(
+                UnixMillis::now()
+                    .0
+                    .saturating_sub(i64::try_from(duration_ms(started.elapsed())).unwrap_or(0)),
+            ),
             engine: None,
             first_text: None,
         };
