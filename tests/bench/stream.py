@@ -6,10 +6,20 @@ to the engine's Unix socket (POST /v1/generate, NDJSON events), then to the gate
 /v1/completions with "stream": true, SSE), alternating for --reps rounds. Prints tokens/s and
 inter-chunk latency percentiles for both paths, and the gateway's overhead. Standard library
 only; the client's own per-chunk cost is the same on both paths.
+
+Then the latency the gateway adds to each token, measured in pairs (--pairs): the same prompt
+is sent at the same instant straight to the engine and through the gateway. The engine
+prefills equal fresh prompts together and decodes them in the same steps, so token i of both
+streams leaves the engine in the same step and the difference of their arrival times is what
+the path between costs that token. One single-threaded selector loop reads every socket and
+stamps each read, so no client thread waits on another. A pair whose first tokens arrive more
+than half a step apart was admitted in different steps and is left out (and counted). The
+same measurement with both streams straight to the engine is the noise floor.
 """
 import argparse
 import http.client
 import json
+import selectors
 import socket
 import statistics
 import threading
@@ -36,7 +46,10 @@ def engine_stream(args, prompt):
     times, tokens = [], 0
     for line in response:
         event = json.loads(line)
-        if event["event"] == "token":
+        # Only events that carry text: a token that completes no UTF-8 character yet has
+        # nothing to show, and the gateway (rightly) sends no chunk for it. Counting those here
+        # but not there would compare one-step gaps with two-step ones.
+        if event["event"] == "token" and event["text"]:
             times.append(time.perf_counter())
         elif event["event"] == "done":
             tokens = event["usage"]["completion_tokens"]
@@ -92,17 +105,156 @@ def run(path, args):
             "p99_ms": pct(0.99), "wall_s": wall}
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--engine-socket", required=True)
-    parser.add_argument("--gateway", required=True, help="HOST:PORT (plaintext)")
-    parser.add_argument("--key", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--reps", type=int, default=3)
-    args = parser.parse_args()
+class PairedStream:
+    """One streaming request read incrementally: HTTP/1.1 head, chunked or close-delimited
+    body, then NDJSON (engine) or SSE (gateway) lines; the arrival time of each text piece."""
+
+    def __init__(self, kind, args, prompt):
+        self.kind, self.texts, self.times, self.done = kind, [], [], False
+        self.raw, self.body, self.head, self.chunked = bytearray(), bytearray(), None, False
+        if kind == "engine":
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.connect(args.engine_socket)
+            body = json.dumps({"prompt": {"kind": "text", "value": prompt},
+                               "max_tokens": args.max_tokens, "temperature": 0.0})
+            head = "POST /v1/generate HTTP/1.1\r\nhost: engine\r\n"
+        else:
+            host, port = args.gateway.rsplit(":", 1)
+            self.sock = socket.create_connection((host, int(port)))
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            body = json.dumps({"model": args.model, "prompt": prompt, "temperature": 0,
+                               "max_tokens": args.max_tokens, "stream": True})
+            head = (f"POST /v1/completions HTTP/1.1\r\nhost: {args.gateway}\r\n"
+                    f"authorization: Bearer {args.key}\r\n")
+        body = body.encode()
+        self.request = (head + "content-type: application/json\r\nconnection: close\r\n"
+                        f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+    def send(self):
+        self.sock.sendall(self.request)
+        self.sock.setblocking(False)
+
+    def feed(self, data, now):
+        if not data:
+            self.done = True
+            return
+        self.raw += data
+        if self.head is None:
+            end = self.raw.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            self.head = bytes(self.raw[:end]).lower()
+            assert self.head.startswith(b"http/1.1 200"), self.head
+            self.chunked = b"transfer-encoding: chunked" in self.head
+            del self.raw[:end + 4]
+        if self.chunked:
+            while True:
+                line_end = self.raw.find(b"\r\n")
+                if line_end < 0:
+                    break
+                size = int(bytes(self.raw[:line_end]).split(b";")[0], 16)
+                if len(self.raw) < line_end + 2 + size + 2:
+                    break
+                self.body += self.raw[line_end + 2:line_end + 2 + size]
+                del self.raw[:line_end + 2 + size + 2]
+                if size == 0:
+                    self.done = True
+        else:
+            self.body += self.raw
+            self.raw.clear()
+        while (end := self.body.find(b"\n")) >= 0:
+            line = bytes(self.body[:end])
+            del self.body[:end + 1]
+            self.line(line, now)
+
+    def line(self, line, now):
+        if self.kind == "engine":
+            if not line.strip():
+                return
+            event = json.loads(line)
+            if event["event"] == "token" and event["text"]:
+                self.texts.append(event["text"])
+                self.times.append(now)
+            elif event["event"] == "done":
+                self.done = True
+        elif line.startswith(b"data: [DONE]"):
+            self.done = True
+        elif line.startswith(b"data: "):
+            chunk = json.loads(line[6:])
+            if chunk["choices"] and chunk["choices"][0]["text"]:
+                self.texts.append(chunk["choices"][0]["text"])
+                self.times.append(now)
+
+
+def paired(args, kinds):
+    """Per-token arrival differences (second kind minus first) over --pairs pairs, --clients
+    pairs in flight; returns (differences in ms, pairs kept, pairs left out)."""
+    selector = selectors.DefaultSelector()
+    started, finished, diffs, kept, dropped = 0, 0, [], 0, 0
+    open_pairs = {}
+
+    def start(index):
+        prompt = f"Reconcile invoice batch {index} against the general ledger."
+        pair = [PairedStream(kind, args, prompt) for kind in kinds]
+        # Alternate which request goes first, so neither path always has the head start.
+        for stream in (pair if index % 2 == 0 else pair[::-1]):
+            stream.send()
+        for stream in pair:
+            selector.register(stream.sock, selectors.EVENT_READ, (index, stream))
+        open_pairs[index] = pair
+
+    while started < min(args.clients, args.pairs):
+        start(started)
+        started += 1
+    while open_pairs:
+        for key, _ in selector.select():
+            index, stream = key.data
+            now = time.perf_counter()
+            try:
+                data = stream.sock.recv(65536)
+            except BlockingIOError:
+                continue
+            stream.feed(data, now)
+            if not stream.done:
+                continue
+            selector.unregister(stream.sock)
+            stream.sock.close()
+            pair = open_pairs[index]
+            if not all(s.done for s in pair):
+                continue
+            del open_pairs[index]
+            finished += 1
+            first, second = pair
+            # Rows computed in different runs may round differently, and a random-weight
+            # model's greedy choice then drifts: compare the pieces the two streams share.
+            same = 0
+            while (same < min(len(first.texts), len(second.texts))
+                   and first.texts[same] == second.texts[same]):
+                same += 1
+            gaps = sorted(b - a for a, b in zip(first.times, first.times[1:same]))
+            step = gaps[len(gaps) // 2] if gaps else 0.0
+            if same >= 2 and abs(second.times[0] - first.times[0]) < step / 2:
+                kept += 1
+                diffs.extend((b - a) * 1e3 for a, b in zip(first.times[:same], second.times))
+            else:
+                dropped += 1
+            if started < args.pairs:
+                start(started)
+                started += 1
+    diffs.sort()
+    return diffs, kept, dropped
+
+
+def describe(diffs):
+    if not diffs:
+        return "no pair in lockstep"
+    pct = lambda p: diffs[min(len(diffs) - 1, int(p * len(diffs)))]
+    return (f"p50 {pct(0.5):+.3f} ms  p90 {pct(0.9):+.3f} ms  p99 {pct(0.99):+.3f} ms  "
+            f"max {diffs[-1]:+.3f} ms  ({len(diffs)} tokens)")
+
+
+def throughput(args):
+    """Tokens/s and inter-chunk gaps, engine then gateway, alternating for --reps rounds."""
     results = {"engine": [], "gateway": []}
     for rep in range(args.reps):
         for name, path in (("engine", engine_stream), ("gateway", gateway_stream)):
@@ -117,6 +269,29 @@ def main():
     for key in ("p50_ms", "p99_ms"):
         print(f"median inter-chunk {key[:3]}: engine {med('engine', key):.3f} ms, gateway "
               f"{med('gateway', key):.3f} ms (added {med('gateway', key) - med('engine', key):+.3f} ms)")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--engine-socket", required=True)
+    parser.add_argument("--gateway", required=True, help="HOST:PORT (plaintext)")
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=64,
+                        help="paired requests for the per-token added latency (0: skip)")
+    args = parser.parse_args()
+    if args.reps:
+        throughput(args)
+    if args.pairs:
+        for kinds, label in ((("engine", "engine"), "noise floor, engine vs engine"),
+                             (("engine", "gateway"), "added by the gateway, gateway vs engine")):
+            diffs, kept, dropped = paired(args, kinds)
+            print(f"per-token arrival difference, {label}: {describe(diffs)}; "
+                  f"{kept} pairs in lockstep, {dropped} left out", flush=True)
 
 
 if __name__ == "__main__":

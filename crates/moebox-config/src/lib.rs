@@ -102,6 +102,34 @@ pub const DEFAULT_LEDGER_COMPACTION_INTERVAL: Duration = Duration::from_secs(3_6
 /// Longest retention window any `ledger.*_days` key takes: a century.
 pub const MAX_LEDGER_RETENTION_DAYS: u32 = 36_525;
 
+/// The rule for the ledger's retention windows, named as the caller names them, in the order
+/// usage raw, usage hourly, telemetry raw, telemetry per minute, telemetry hourly: each 1 to
+/// [`MAX_LEDGER_RETENTION_DAYS`] days, and no finer table kept longer than the coarser one of
+/// its kind (a query falls back from fine tables to coarse ones). The error names the window.
+pub fn check_retention(windows: [(&'static str, u32); 5]) -> Result<(), (&'static str, String)> {
+    for (name, days) in windows {
+        if !(1..=MAX_LEDGER_RETENTION_DAYS).contains(&days) {
+            return Err((
+                name,
+                format!("must be 1 to {MAX_LEDGER_RETENTION_DAYS} days, got {days}"),
+            ));
+        }
+    }
+    for [(fine, fine_days), (coarse, coarse_days)] in [
+        [windows[0], windows[1]],
+        [windows[2], windows[3]],
+        [windows[3], windows[4]],
+    ] {
+        if fine_days > coarse_days {
+            return Err((
+                fine,
+                format!("must not be longer than {coarse} ({coarse_days}), got {fine_days}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `gateway.listen`: where the OpenAI API is served, unless systemd passes the listening
 /// socket (socket activation: `moebox-gateway.socket` on port 443).
 pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:8080";
@@ -773,36 +801,14 @@ impl Config {
                 "must be at least 1, got 0".to_owned(),
             ));
         }
-        let windows = [
+        check_retention([
             ("ledger.usage_raw_days", ledger.usage_raw_days),
             ("ledger.usage_hourly_days", ledger.usage_hourly_days),
             ("ledger.telemetry_raw_days", ledger.telemetry_raw_days),
             ("ledger.telemetry_minute_days", ledger.telemetry_minute_days),
             ("ledger.telemetry_hourly_days", ledger.telemetry_hourly_days),
-        ];
-        for (key, days) in windows {
-            if !(1..=MAX_LEDGER_RETENTION_DAYS).contains(&days) {
-                return Err(invalid(
-                    key,
-                    format!("must be 1 to {MAX_LEDGER_RETENTION_DAYS} days, got {days}"),
-                ));
-            }
-        }
-        // A query falls back from fine tables to coarse ones: a finer table may not outlive
-        // the coarser one behind it.
-        for [(fine, fine_days), (coarse, coarse_days)] in [
-            [windows[0], windows[1]],
-            [windows[2], windows[3]],
-            [windows[3], windows[4]],
-        ] {
-            if fine_days > coarse_days {
-                return Err(invalid(
-                    fine,
-                    format!("must not be longer than {coarse} ({coarse_days}), got {fine_days}"),
-                ));
-            }
-        }
-        Ok(())
+        ])
+        .map_err(|(key, message)| invalid(key, message))
     }
 
     fn validate_gateway(&self, origin: &str) -> Result<(), ConfigError> {

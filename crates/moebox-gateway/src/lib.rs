@@ -29,7 +29,7 @@ pub mod tls;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use moebox_config::{Config, GatewayConfig, LedgerConfig};
+use moebox_config::{Config, GatewayConfig};
 use moebox_ledger::{Ledger, Retention, UsageWriter};
 use tokio::{net::TcpListener, sync::watch};
 
@@ -96,7 +96,7 @@ pub async fn serve(
     );
     tokio::spawn(compact_periodically(
         Arc::clone(gateway.ledger()),
-        retention(&config.ledger),
+        Retention::from(&config.ledger),
         config.ledger.compaction_interval(),
         polling,
     ));
@@ -121,17 +121,6 @@ pub fn build(config: &Config, ledger: Arc<Ledger>, writer: UsageWriter) -> Arc<G
         router,
         config.tco.clone(),
     )
-}
-
-/// The ledger's retention windows from `[ledger]`.
-pub fn retention(config: &LedgerConfig) -> Retention {
-    Retention {
-        usage_raw_days: config.usage_raw_days,
-        usage_hourly_days: config.usage_hourly_days,
-        telemetry_raw_days: config.telemetry_raw_days,
-        telemetry_minute_days: config.telemetry_minute_days,
-        telemetry_hourly_days: config.telemetry_hourly_days,
-    }
 }
 
 /// Rolls the ledger up and prunes it every `interval` (first a minute after start, so a

@@ -194,18 +194,25 @@ impl Gateway {
         format!("{:08x}{counter:012x}", self.id_prefix)
     }
 
-    /// Answers one request. Never fails: every error becomes an OpenAI error body.
+    /// Answers one request. Never fails: every error becomes an OpenAI error body. Every
+    /// answer, refusals included, carries the request's id in `x-request-id`: the id of its
+    /// usage record and log lines, which is what a user quotes when something went wrong.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> HttpResponse {
         let started = Instant::now();
+        let request_id = self.request_id();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let (route, result) = self.dispatch(&method, &path, request, started).await;
-        let response = result.unwrap_or_else(|error| error_response(&error));
+        let (route, result) = self
+            .dispatch(&method, &path, request, started, &request_id)
+            .await;
+        let mut response = result.unwrap_or_else(|error| error_response(&error));
+        insert_request_id(&mut response, &request_id);
         self.metrics
             .record_request(route.label(), response.status().as_u16());
         if !matches!(route, Route::Generate(_)) {
             tracing::debug!(
                 target: "moebox_gateway::access",
+                request_id,
                 route = route.label(),
                 status = response.status().as_u16(),
                 latency_us = started.elapsed().as_micros() as u64,
@@ -221,6 +228,7 @@ impl Gateway {
         path: &str,
         request: Request<Incoming>,
         started: Instant,
+        request_id: &str,
     ) -> (Route, Result<HttpResponse, ApiError>) {
         let not_allowed = |allowed: &'static str| ApiError::MethodNotAllowed {
             method: method.to_string(),
@@ -266,7 +274,10 @@ impl Gateway {
                 if method != Method::POST {
                     return (route, Err(not_allowed("POST")));
                 }
-                (route, self.generate(endpoint, request, started).await)
+                (
+                    route,
+                    self.generate(endpoint, request, started, request_id).await,
+                )
             }
             _ => {
                 if let Some(id) = path.strip_prefix("/v1/models/") {
@@ -705,6 +716,7 @@ impl Gateway {
         endpoint: Endpoint,
         request: Request<Incoming>,
         started: Instant,
+        request_id: &str,
     ) -> Result<HttpResponse, ApiError> {
         let key = self.authenticate(&request, false)?;
         let key_permit = self.key_permit(key.id).ok_or(ApiError::KeyConcurrency {
@@ -753,11 +765,10 @@ impl Gateway {
                     limit: self.limits.max_queued_requests,
                     retry_after_seconds: self.limits.retry_after_seconds,
                 })?;
-        let request_id = self.request_id();
-        validated.request.request_id = request_id.clone();
+        validated.request.request_id = request_id.to_owned();
         let deadline = tokio::time::Instant::from_std(started + self.limits.request_deadline);
         let mut account = Account {
-            request_id: request_id.clone(),
+            request_id: request_id.to_owned(),
             key_id: key.id,
             team: key.team.clone(),
             model: validated.model.clone(),
@@ -772,7 +783,7 @@ impl Gateway {
             engine: None,
             first_text: None,
         };
-        let meta = ResponseMeta::new(endpoint, &request_id, unix_now(), validated.model.clone());
+        let meta = ResponseMeta::new(endpoint, request_id, unix_now(), validated.model.clone());
         let ValidatedGeneration {
             model,
             stream,
@@ -806,7 +817,6 @@ impl Gateway {
                 HeaderValue::from_static("text/event-stream"),
             );
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            insert_request_id(&mut response, &request_id);
             Ok(response)
         } else {
             let _permits = permits;
@@ -838,7 +848,6 @@ impl Gateway {
                         header::CONTENT_TYPE,
                         HeaderValue::from_static("application/json"),
                     );
-                    insert_request_id(&mut response, &request_id);
                     Ok(response)
                 }
                 Err(error) => Err(self.fail(&account, error).await),

@@ -1207,11 +1207,27 @@ async fn every_request_leaves_a_usage_record() {
         .expect("records")
         .records;
     assert_eq!(tax_records.len(), 2);
-    assert!(
-        tax_records
-            .iter()
-            .any(|r| r.record.status == 400 && r.record.completion_tokens == 0)
+    // The refusal carries the id of its usage record, so a user can quote it.
+    let refused_record = &tax_records
+        .iter()
+        .find(|r| r.record.status == 400)
+        .expect("the refusal's record")
+        .record;
+    assert_eq!(refused_record.completion_tokens, 0);
+    assert_eq!(
+        refused.headers.get("x-request-id").expect("refusal's id"),
+        refused_record.request_id.as_str()
     );
+    // A request refused before admission has no record, but still an id for the logs.
+    let unauthenticated = gateway
+        .request("POST", "/v1/chat/completions", None, Some(chat_body("hi")))
+        .await;
+    assert_eq!(unauthenticated.status, 401);
+    let id = unauthenticated
+        .headers
+        .get("x-request-id")
+        .expect("401's id");
+    assert_ne!(id, refused_record.request_id.as_str());
 }
 
 #[tokio::test]

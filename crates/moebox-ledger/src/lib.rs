@@ -58,11 +58,7 @@ pub use assets::{
 };
 pub use key::{KeyFormatError, PresentedKey};
 pub use period::{MAX_SERIES_POINTS, Step};
-pub use retention::{
-    COMPACTION_CHUNK_ROWS, Compaction, DEFAULT_TELEMETRY_HOURLY_DAYS,
-    DEFAULT_TELEMETRY_MINUTE_DAYS, DEFAULT_TELEMETRY_RAW_DAYS, DEFAULT_USAGE_HOURLY_DAYS,
-    DEFAULT_USAGE_RAW_DAYS, MAX_RETENTION_DAYS, Retention,
-};
+pub use retention::{COMPACTION_CHUNK_ROWS, Compaction, Retention};
 pub use telemetry::{
     EnergyPoint, JOULES_PER_KWH, MAX_GPU_INDEX, TelemetryPoint, TelemetrySample, TelemetrySource,
 };

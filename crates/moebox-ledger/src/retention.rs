@@ -17,19 +17,6 @@ use crate::{
     sqlite,
 };
 
-/// `ledger.retention.usage_raw_days`: raw per-request records, what admins audit.
-pub const DEFAULT_USAGE_RAW_DAYS: u32 = 400;
-/// `ledger.retention.usage_hourly_days`: hourly usage rollups (daily ones are kept for ever).
-pub const DEFAULT_USAGE_HOURLY_DAYS: u32 = 1_096;
-/// `ledger.retention.telemetry_raw_days`: raw telemetry samples.
-pub const DEFAULT_TELEMETRY_RAW_DAYS: u32 = 2;
-/// `ledger.retention.telemetry_minute_days`: per-minute telemetry rollups.
-pub const DEFAULT_TELEMETRY_MINUTE_DAYS: u32 = 30;
-/// `ledger.retention.telemetry_hourly_days`: per-hour telemetry rollups (time-of-use
-/// energy); daily ones are kept for ever.
-pub const DEFAULT_TELEMETRY_HOURLY_DAYS: u32 = 1_096;
-/// Longest retention accepted for any table (100 years).
-pub const MAX_RETENTION_DAYS: u32 = 36_525;
 /// Rows deleted per transaction, so compaction never holds the write lock for long (the
 /// usage writer waits for it at most the time of one chunk).
 pub const COMPACTION_CHUNK_ROWS: u32 = 5_000;
@@ -52,50 +39,35 @@ pub struct Retention {
 
 impl Default for Retention {
     fn default() -> Self {
+        Self::from(&moebox_config::LedgerConfig::default())
+    }
+}
+
+impl From<&moebox_config::LedgerConfig> for Retention {
+    /// The windows `[ledger]` sets.
+    fn from(config: &moebox_config::LedgerConfig) -> Self {
         Self {
-            usage_raw_days: DEFAULT_USAGE_RAW_DAYS,
-            usage_hourly_days: DEFAULT_USAGE_HOURLY_DAYS,
-            telemetry_raw_days: DEFAULT_TELEMETRY_RAW_DAYS,
-            telemetry_minute_days: DEFAULT_TELEMETRY_MINUTE_DAYS,
-            telemetry_hourly_days: DEFAULT_TELEMETRY_HOURLY_DAYS,
+            usage_raw_days: config.usage_raw_days,
+            usage_hourly_days: config.usage_hourly_days,
+            telemetry_raw_days: config.telemetry_raw_days,
+            telemetry_minute_days: config.telemetry_minute_days,
+            telemetry_hourly_days: config.telemetry_hourly_days,
         }
     }
 }
 
 impl Retention {
-    /// Each window at least a day and at most [`MAX_RETENTION_DAYS`], and no finer table
-    /// kept longer than a coarser one of its kind (a query falls back from fine to coarse).
+    /// The rule `[ledger]` is checked by ([`moebox_config::check_retention`]), checked again
+    /// here for a caller that builds its windows itself.
     pub fn validate(&self) -> Result<(), LedgerError> {
-        let fields = [
+        moebox_config::check_retention([
             ("usage_raw_days", self.usage_raw_days),
             ("usage_hourly_days", self.usage_hourly_days),
             ("telemetry_raw_days", self.telemetry_raw_days),
             ("telemetry_minute_days", self.telemetry_minute_days),
             ("telemetry_hourly_days", self.telemetry_hourly_days),
-        ];
-        for (field, days) in fields {
-            if !(1..=MAX_RETENTION_DAYS).contains(&days) {
-                return Err(LedgerError::InvalidField {
-                    field,
-                    message: format!("must be 1..={MAX_RETENTION_DAYS} days, got {days}"),
-                });
-            }
-        }
-        for [(fine, fine_days), (coarse, coarse_days)] in [
-            [fields[0], fields[1]],
-            [fields[2], fields[3]],
-            [fields[3], fields[4]],
-        ] {
-            if fine_days > coarse_days {
-                return Err(LedgerError::InvalidField {
-                    field: fine,
-                    message: format!(
-                        "must not be longer than {coarse} ({coarse_days}), got {fine_days}"
-                    ),
-                });
-            }
-        }
-        Ok(())
+        ])
+        .map_err(|(field, message)| LedgerError::InvalidField { field, message })
     }
 }
 

@@ -32,9 +32,13 @@ pub const FIXTURE_MODEL: &str = "tests/fixtures/tiny-moe";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Where `up` keeps its config, socket and database when `--data-dir` is not given.
 pub const DEFAULT_DATA_DIR: &str = ".moebox/up";
-/// KV positions for the engine: a few rows of the fixture's context, enough for demos on a
-/// laptop's CPU.
-pub const UP_KV_BUDGET_TOKENS: usize = 4_096;
+/// Positions one sequence may hold under `up` (prompt + completion; the model's context
+/// length if that is shorter): enough for a chat turn, and small enough that a model with a
+/// long context still gets [`UP_ROWS`] rows on a laptop.
+pub const UP_MAX_SEQUENCE_TOKENS: usize = 1_024;
+/// Sequences the engine decodes together under `up` (at least; more when the model's context is
+/// shorter than [`UP_MAX_SEQUENCE_TOKENS`]).
+pub const UP_ROWS: usize = 8;
 /// Engines are polled more often than in production, so a restarted engine serves again at
 /// once.
 pub const UP_ENGINE_POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -61,6 +65,10 @@ pub struct UpArgs {
     /// Where the config, engine socket and database go.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// Cores the engine's ONNX Runtime uses (0: all of them). Fewer leaves cores to the
+    /// gateway and its clients, as a GPU engine does on the appliance.
+    #[arg(long, value_name = "N", default_value_t = moebox_config::DEFAULT_INTRA_OP_THREADS)]
+    intra_op_threads: usize,
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -79,7 +87,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create --data-dir {}", args.data_dir.display()))?;
     let data_dir = std::path::absolute(&args.data_dir)?;
-    let config = up_config(&model, &data_dir, &args.listen)?;
+    let mut config = up_config(&model, &data_dir, &args.listen)?;
+    config.engine.intra_op_threads = args.intra_op_threads;
     let config_path = data_dir.join("moebox.toml");
     std::fs::write(&config_path, config.to_toml_string())
         .with_context(|| format!("cannot write {}", config_path.display()))?;
@@ -159,9 +168,10 @@ fn up_config(model: &Path, data_dir: &Path, listen: &str) -> anyhow::Result<Conf
     let mut config = Config::default();
     config.engine.model = model.to_owned();
     config.engine.execution_provider = ExecutionProviderKind::Cpu;
-    // The model's own context length.
-    config.engine.max_sequence_tokens = 0;
-    config.engine.kv_budget_tokens = UP_KV_BUDGET_TOKENS;
+    // Rows, not positions: a model whose context is the whole budget would otherwise serve
+    // one request at a time.
+    config.engine.max_sequence_tokens = UP_MAX_SEQUENCE_TOKENS;
+    config.engine.kv_budget_tokens = UP_ROWS * UP_MAX_SEQUENCE_TOKENS;
     let socket = data_dir.join("engine-{gpu}.sock");
     let socket = socket
         .to_str()

@@ -3,13 +3,14 @@
 //! (The gateway makes a request's usage record durable before it sends the response's last
 //! byte; this proves it end to end, with the real binaries on the bundled model.)
 
+mod gateway_http;
+mod harness;
 #[path = "../../../tests/support/reference.rs"]
 mod reference;
 
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -17,18 +18,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use harness::{Process, free_port, moebox};
 use moebox_ledger::{Ledger, UnixSeconds, UsageFilter};
 
 /// Responses completed before the kill: enough to be a burst, few enough for a debug build.
 const COMPLETED_BEFORE_KILL: usize = 24;
 const CLIENTS: usize = 6;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// One whole exchange; `Some((status, x-request-id))` only when the full body arrived.
 fn exchange(address: &str, key: &str, body: &[u8]) -> Option<(u16, String)> {
@@ -66,15 +61,6 @@ fn exchange(address: &str, key: &str, body: &[u8]) -> Option<(u16, String)> {
         .then(|| Some((status, header("x-request-id")?)))?
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn kill_9_of_the_gateway_loses_no_completed_request() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -95,16 +81,6 @@ fn kill_9_of_the_gateway_loses_no_completed_request() {
         ),
     )
     .expect("config");
-    let moebox = || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_moebox"));
-        command
-            .env_remove("NOTIFY_SOCKET")
-            .env("MOEBOX_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        command
-    };
     let created = moebox()
         .args([
             "keys", "create", "--name", "burst", "--team", "tax", "--config",
@@ -117,20 +93,14 @@ fn kill_9_of_the_gateway_loses_no_completed_request() {
         .expect("utf-8")
         .trim()
         .to_owned();
-    let _engine = Killed(
-        moebox()
-            .args(["engine", "--gpu", "0", "--config"])
-            .arg(&config)
-            .spawn()
-            .expect("engine"),
-    );
-    let mut gateway = Killed(
-        moebox()
-            .args(["serve", "--config"])
-            .arg(&config)
-            .spawn()
-            .expect("serve"),
-    );
+    let mut engine = moebox();
+    engine
+        .args(["engine", "--gpu", "0", "--config"])
+        .arg(&config);
+    let _engine = Process::spawn(engine, dir.path().join("engine.log"));
+    let mut serve = moebox();
+    serve.args(["serve", "--config"]).arg(&config);
+    let mut gateway = Process::spawn(serve, dir.path().join("serve.log"));
     let started = Instant::now();
     loop {
         let ready = TcpStream::connect(&address).ok().and_then(|mut s| {
@@ -142,7 +112,11 @@ fn kill_9_of_the_gateway_loses_no_completed_request() {
         if ready == Some(true) {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "never ready");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "never ready: {}",
+            gateway.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -183,8 +157,7 @@ fn kill_9_of_the_gateway_loses_no_completed_request() {
         std::thread::sleep(Duration::from_millis(5));
     }
     // SIGKILL while requests are in flight: no drain, no destructor, no final flush.
-    gateway.0.kill().expect("kill -9");
-    gateway.0.wait().expect("reaped");
+    gateway.kill_9();
     stop.store(true, Ordering::SeqCst);
     for client in clients {
         client.join().expect("client thread");

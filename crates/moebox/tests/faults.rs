@@ -5,25 +5,27 @@
 //! and checks that the server still serves the next request.
 
 mod gateway_http;
+mod harness;
 #[path = "../../../tests/support/reference.rs"]
 mod reference;
 
 use std::{
     collections::HashMap,
+    ffi::OsStr,
     io::{BufRead, BufReader, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
-        mpsc,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use gateway_http::{DEADLINE, Reply, request};
+use harness::{Process, Up, free_port, moebox};
 use moebox_ledger::{Ledger, UnixSeconds, UsageFilter, UsageRecord};
 use serde_json::{Value, json};
 
@@ -48,83 +50,6 @@ const ENGINE_POLL_INTERVAL_MS: u64 = 50;
 const SMALL_DISK_BYTES: u64 = 8 << 20;
 /// `--rpm` of the rate-limited key in the clock-jump test: one request back every 10 s.
 const LIMITED_RPM: u32 = 6;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn moebox() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_moebox"));
-    command
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .env("MOEBOX_LOG", "warn")
-        .stdin(Stdio::null());
-    command
-}
-
-/// A child process, killed (SIGKILL) and reaped when dropped; its stderr goes to a file.
-struct Process {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn spawn(mut command: Command, log: PathBuf) -> Self {
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn moebox");
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `kill -9`; returns the instant just before the signal was sent.
-    fn kill_9(&mut self) -> Instant {
-        let at = Instant::now();
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reaped");
-        at
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    fn terminate(&mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        let exit = self.wait_exit();
-        assert!(exit.success(), "{exit:?}: {}", self.log());
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(started.elapsed() < DEADLINE, "did not exit: {}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One gateway's config, keys and processes, all in `dir`.
 struct Site {
@@ -534,96 +459,16 @@ fn engine_kill_9_mid_stream_ends_its_streams_and_the_survivor_serves() {
     );
 }
 
-/// `moebox up` as a user runs it, on a free port in a temporary data folder.
-struct Up {
-    child: Child,
-    address: String,
-    key: String,
-    log: PathBuf,
-}
-
-impl Up {
-    fn start(dir: &Path) -> Self {
-        let log = dir.join("up.log");
-        let mut child = moebox()
-            .args(["up", "--listen", "127.0.0.1:0", "--model"])
-            .arg(reference::fixture())
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("spawn moebox up");
-        let stdout = child.stdout.take().expect("stdout");
-        let (lines, received) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut printed: Vec<String> = Vec::new();
-        let started = Instant::now();
-        while !printed.iter().any(|l| l == "ready") {
-            let line = received
-                .recv_timeout(DEADLINE.saturating_sub(started.elapsed()))
-                .unwrap_or_else(|_| panic!("no `ready`: {printed:#?}"));
-            printed.push(line);
-        }
-        let field = |prefix: &str| {
-            printed
-                .iter()
-                .find_map(|line| line.strip_prefix(prefix))
-                .unwrap_or_else(|| panic!("no `{prefix}` in {printed:#?}"))
-                .to_owned()
-        };
-        let address = field("url: ")
-            .strip_prefix("http://")
-            .expect("http URL")
-            .to_owned();
-        Self {
-            child,
-            address,
-            key: field("user key: "),
-            log,
-        }
-    }
-
-    /// `pgrep -P <up>`: its children, which are its engine.
-    fn engine_pids(&self) -> Vec<u32> {
-        let output = Command::new("pgrep")
-            .args(["-P", &self.child.id().to_string()])
-            .output()
-            .expect("run pgrep (package procps)");
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|pid| pid.trim().parse().ok())
-            .collect()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let engines = self.engine_pids();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for pid in engines {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
 /// Issue 8, "Engine kill" under `up`: its supervisor restarts a `kill -9`ed engine, and the
 /// gateway serves again within 10 s; meanwhile it answers 503 with Retry-After and stays live.
 #[test]
 fn up_serves_again_within_10_s_of_its_engine_being_killed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let up = Up::start(dir.path());
+    let up = Up::start(
+        dir.path(),
+        &[OsStr::new("--model"), reference::fixture().as_os_str()],
+        "warn",
+    );
     let chat = json!({
         "model": MODEL,
         "messages": [{"role": "user", "content": "Summarise the ledger."}],
@@ -634,7 +479,7 @@ fn up_serves_again_within_10_s_of_its_engine_being_killed() {
             &up.address,
             "POST",
             "/v1/chat/completions",
-            Some(&up.key),
+            Some(&up.user_key),
             Some(chat.to_string().as_bytes()),
         )
     };
@@ -642,11 +487,7 @@ fn up_serves_again_within_10_s_of_its_engine_being_killed() {
     let engines = up.engine_pids();
     assert_eq!(engines.len(), 1, "one engine child: {engines:?}");
     let killed_at = Instant::now();
-    let killed = Command::new("kill")
-        .args(["-KILL", &engines[0].to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    assert!(harness::signal(engines[0], "KILL"));
     let mut refusals = 0;
     let back = loop {
         let reply = post();
@@ -660,15 +501,16 @@ fn up_serves_again_within_10_s_of_its_engine_being_killed() {
             String::from_utf8_lossy(&reply.body)
         );
         assert!(reply.header("retry-after").is_some(), "{:?}", reply.headers);
+        assert_eq!(reply.json()["error"]["type"], "server_error");
         refusals += 1;
-        assert_eq!(
-            request(&up.address, "GET", "/healthz", None, None).status,
-            200
-        );
+        // Live throughout; not ready until the engine is back.
+        assert_eq!(up.request("GET", "/healthz", None, None).status, 200);
+        let ready = up.request("GET", "/readyz", None, None).status;
+        assert!(ready == 503 || ready == 200, "/readyz {ready}");
         assert!(
             killed_at.elapsed() < DEADLINE,
             "never served again:\n{}",
-            std::fs::read_to_string(&up.log).unwrap_or_default()
+            up.log()
         );
         std::thread::sleep(Duration::from_millis(20));
     };

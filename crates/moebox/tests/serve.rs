@@ -2,6 +2,7 @@
 //! file, no engine behind it.
 
 mod gateway_http;
+mod harness;
 
 use std::{
     path::Path,
@@ -10,6 +11,7 @@ use std::{
 };
 
 use gateway_http::request;
+use harness::free_port;
 
 fn moebox(args: &[&str], config: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_moebox"))
@@ -18,14 +20,6 @@ fn moebox(args: &[&str], config: &Path) -> std::process::Output {
         .arg(config)
         .output()
         .expect("run moebox")
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
 }
 
 #[test]

@@ -2,175 +2,25 @@
 //! folder on a free port, driven over HTTP like curl and the OpenAI SDK drive it.
 
 mod gateway_http;
+mod harness;
 #[path = "../../../tests/support/reference.rs"]
 mod reference;
 
-use std::{
-    io::{BufRead, BufReader},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::process::Command;
 
-use gateway_http::{DEADLINE, Reply, request};
+use gateway_http::Reply;
+use harness::Up;
 use serde_json::{Value, json};
 
 const MODEL: &str = "tiny-moe";
 const CANARY_PROMPT: &str = "CANARY-PROMPT-5d1e0a7b";
 
-struct Up {
-    child: Child,
-    dir: tempfile::TempDir,
-    address: String,
-    admin_key: String,
-    user_key: String,
-    config: PathBuf,
-}
-
-impl Up {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_moebox"))
-            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            // Every log line of every component, at the most talkative level.
-            .env("MOEBOX_LOG", "trace")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn moebox up");
-        let stdout = child.stdout.take().expect("stdout");
-        let (lines, received) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut printed = Vec::new();
-        let started = Instant::now();
-        while !printed.iter().any(|l: &String| l == "ready") {
-            let left = DEADLINE.saturating_sub(started.elapsed());
-            match received.recv_timeout(left) {
-                Ok(line) => printed.push(line),
-                Err(_) => {
-                    let _ = child.kill();
-                    let log =
-                        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-                    panic!("`moebox up` printed no `ready`: stdout {printed:#?}\nstderr:\n{log}");
-                }
-            }
-        }
-        let field = |prefix: &str| {
-            printed
-                .iter()
-                .find_map(|line| line.strip_prefix(prefix))
-                .unwrap_or_else(|| panic!("no `{prefix}` line in {printed:#?}"))
-                .to_owned()
-        };
-        let url = field("url: ");
-        let address = url
-            .strip_prefix("http://")
-            .expect("an http:// URL")
-            .to_owned();
-        let curl = field("curl: ");
-        let user_key = field("user key: ");
-        assert!(curl.contains(&url) && curl.contains(&user_key), "{curl}");
-        Self {
-            child,
-            address,
-            admin_key: field("admin key: "),
-            user_key,
-            config: PathBuf::from(field("config: ")),
-            dir,
-        }
-    }
-
-    fn request(&self, method: &str, path: &str, key: Option<&str>, body: Option<&[u8]>) -> Reply {
-        request(&self.address, method, path, key, body)
-    }
-
-    fn post(&self, path: &str, key: &str, body: &Value) -> Reply {
-        self.request("POST", path, Some(key), Some(body.to_string().as_bytes()))
-    }
-
-    fn keys(&self, args: &[&str]) -> std::process::Output {
-        let output = Command::new(env!("CARGO_BIN_EXE_moebox"))
-            .arg("keys")
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .expect("run moebox keys");
-        assert!(
-            output.status.success(),
-            "moebox keys {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output
-    }
-
-    /// Everything `up` and its engine logged so far.
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).expect("read the log")
-    }
-
-    /// The engine processes `up` supervises (its children running `moebox engine`).
-    fn engine_pids(&self) -> Vec<u32> {
-        let parent = self.child.id();
-        let mut pids = Vec::new();
-        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // "pid (comm) state ppid ...": comm may hold spaces, so split after the ')'.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|ppid| ppid.parse::<u32>().ok());
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            if ppid == Some(parent) && cmdline.split(|&b| b == 0).any(|arg| arg == b"engine") {
-                pids.push(pid);
-            }
-        }
-        pids
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let engines = self.engine_pids();
-        // SIGTERM lets `up` kill its engine; SIGKILL after a while in case it hangs.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for pid in engines {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
+/// `up` on the bundled model (found the way a user's `moebox up` finds it), logging every line
+/// of every component at the most talkative level; the folder lives as long as the test.
+fn start() -> (tempfile::TempDir, Up) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Up::start(dir.path(), &[], "trace");
+    (dir, up)
 }
 
 fn chat(content: &str) -> Value {
@@ -197,7 +47,7 @@ fn assert_error(reply: &Reply, status: u16, kind: &str) -> Value {
 
 #[test]
 fn up_serves_the_openai_api_with_keys_and_errors() {
-    let up = Up::start();
+    let (_dir, up) = start();
     let user = up.user_key.as_str();
 
     let reply = up.post("/v1/chat/completions", user, &chat("Hello"));
@@ -343,53 +193,8 @@ fn up_serves_the_openai_api_with_keys_and_errors() {
 }
 
 #[test]
-fn up_restarts_a_dead_engine_and_the_gateway_says_503_meanwhile() {
-    let up = Up::start();
-    let engines = up.engine_pids();
-    assert_eq!(engines.len(), 1, "one engine child: {engines:?}");
-    let status = Command::new("kill")
-        .args(["-KILL", &engines[0].to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let reply = up.post("/v1/chat/completions", &up.user_key, &chat("Hello"));
-    assert_eq!(
-        reply.status,
-        503,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    assert!(reply.header("retry-after").is_some(), "{:?}", reply.headers);
-    assert_eq!(reply.json()["error"]["type"], "server_error");
-    let started = Instant::now();
-    loop {
-        let ready = up.request("GET", "/readyz", None, None);
-        if ready.status == 200 {
-            break;
-        }
-        assert_eq!(ready.status, 503);
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the engine was not restarted:\n{}",
-            up.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let reply = up.post("/v1/chat/completions", &up.user_key, &chat("Hello"));
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    let engines_now = up.engine_pids();
-    assert_eq!(engines_now.len(), 1);
-    assert_ne!(engines_now, engines);
-}
-
-#[test]
 fn logs_never_hold_prompts_or_keys() {
-    let up = Up::start();
+    let (_dir, up) = start();
     let created = up.keys(&["create", "--name", "canary"]);
     let canary_key = String::from_utf8(created.stdout)
         .expect("utf-8")
@@ -440,7 +245,7 @@ fn logs_never_hold_prompts_or_keys() {
 
 #[test]
 fn the_openai_python_sdk_works_against_up() {
-    let up = Up::start();
+    let (_dir, up) = start();
     let script = reference::repo_root().join("tests/fixtures/openai_client.py");
     let output = Command::new(reference::reference_python())
         .arg(&script)
