@@ -10,9 +10,16 @@ i=0
 while [ $i -lt 1200 ] && ! systemctl is-active --quiet moebox-engine@0.service; do
     i=$((i + 1)); sleep 1
 done
-for unit in moebox-first-boot.service moebox-provision.service moebox-engine@0.service \
-            moebox-gateway.socket moebox-gateway.service moebox.target \
-            systemd-repart.service var.mount; do
+# moebox-first-boot runs on the first boot only (ConditionFirstBoot): on a later boot it is
+# skipped by its condition, which is reported as such, not as a unit state.
+units="moebox-provision.service moebox-engine@0.service moebox-gateway.socket \
+       moebox-gateway.service moebox.target systemd-repart.service var.mount"
+if [ "$(systemctl show -P ConditionResult moebox-first-boot.service)" = no ]; then
+    say "first boot: no (moebox-first-boot.service skipped by its condition)"
+else
+    units="moebox-first-boot.service $units"
+fi
+for unit in $units; do
     say "$unit $(systemctl is-active "$unit")"
 done
 say "usr $(findmnt -n -o SOURCE,FSTYPE,OPTIONS /usr)"
@@ -26,11 +33,11 @@ if [ -e /dev/disk/by-label/moebox-update ]; then
     cp /run/moebox-update/moebox_* /var/lib/moebox-update/
     umount /run/moebox-update
     /usr/lib/systemd/systemd-sysupdate list 2>&1 | sed 's/^/moebox-boot-check: sysupdate list: /'
-    if /usr/lib/systemd/systemd-sysupdate update 2>&1 | sed 's/^/moebox-boot-check: sysupdate update: /'; then
-        say "sysupdate rc=0"
-    else
-        say "sysupdate rc=1"
-    fi
+    # The update's own exit status (a pipeline would report sed's).
+    /usr/lib/systemd/systemd-sysupdate update >/run/moebox-sysupdate.log 2>&1
+    rc=$?
+    sed 's/^/moebox-boot-check: sysupdate update: /' /run/moebox-sysupdate.log
+    say "sysupdate rc=$rc"
     /usr/lib/systemd/systemd-sysupdate list 2>&1 | sed 's/^/moebox-boot-check: sysupdate list: /'
     ls /efi/EFI/Linux /boot/EFI/Linux 2>/dev/null | sed 's/^/moebox-boot-check: uki: /'
 fi

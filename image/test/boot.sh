@@ -219,6 +219,7 @@ if [ -n "$update_from" ]; then
     echo "boot.sh: booting again (qemu pid $qemu_pid): the newest UKI, $new_version"
     serves
     grep -q "^moebox-boot-check: version $new_version" "$log" || fail "the second boot is not version $new_version"
+    grep -q "^moebox-boot-check: first boot: no" "$log" || fail "the second boot ran the first-boot set-up again"
     updated_ready_seconds=$ready_seconds
     echo "boot.sh: updated to $new_version: served with the first boot's keys after ${ready_seconds}s"
 fi
