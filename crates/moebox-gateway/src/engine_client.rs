@@ -158,6 +158,20 @@ fn refusal(connection: &Connection, status: StatusCode, bytes: &[u8]) -> EngineE
     }
 }
 
+/// `work` within `timeout`, or [`EngineError::Timeout`] naming `socket`.
+async fn within<T>(
+    socket: &Path,
+    timeout: Duration,
+    work: impl Future<Output = Result<T, EngineError>>,
+) -> Result<T, EngineError> {
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| EngineError::Timeout {
+            socket: socket.to_owned(),
+            timeout,
+        })?
+}
+
 /// What one poll learns of an engine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Probe {
@@ -191,12 +205,7 @@ pub async fn probe(socket: &Path, timeout: Duration) -> Result<Probe, EngineErro
             load,
         })
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| EngineError::Timeout {
-            socket: socket.to_owned(),
-            timeout,
-        })?
+    within(socket, timeout, work).await
 }
 
 /// `GET /v1/telemetry?since=SEQ`: the engine's samples after `since`, within `timeout`.
@@ -218,12 +227,7 @@ pub async fn telemetry(
         }
         parse(&connection, &bytes)
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| EngineError::Timeout {
-            socket: socket.to_owned(),
-            timeout,
-        })?
+    within(socket, timeout, work).await
 }
 
 /// A generation in progress: the engine's NDJSON events, one at a time. Dropping it closes the
@@ -312,10 +316,5 @@ pub async fn generate(
             ended: false,
         })
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| EngineError::Timeout {
-            socket: socket.to_owned(),
-            timeout,
-        })?
+    within(socket, timeout, work).await
 }

@@ -18,8 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use harness::{Process, free_port, moebox};
-use moebox_ledger::{Ledger, UnixSeconds, UsageFilter};
+use harness::{Process, free_port, moebox, records};
 
 /// Responses completed before the kill: enough to be a burst, few enough for a debug build.
 const COMPLETED_BEFORE_KILL: usize = 24;
@@ -165,21 +164,12 @@ fn kill_9_of_the_gateway_loses_no_completed_request() {
     let completed = completed.lock().expect("lock").clone();
     assert!(completed.len() >= COMPLETED_BEFORE_KILL);
 
-    let ledger = Ledger::open(&database).expect("the ledger opens after the kill");
-    let stored: Vec<String> = ledger
-        .usage_records(
-            UnixSeconds(0),
-            UnixSeconds(4_000_000_000),
-            &UsageFilter::All,
-            None,
-            10_000,
-        )
-        .expect("records")
-        .records
-        .into_iter()
-        .map(|r| r.record.request_id)
+    // The ledger opens after the kill, and holds every completed request.
+    let stored = records(&database);
+    let missing: Vec<&String> = completed
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
         .collect();
-    let missing: Vec<&String> = completed.iter().filter(|id| !stored.contains(id)).collect();
     assert!(
         missing.is_empty(),
         "{} of {} completed requests are not in the ledger: {missing:?}",

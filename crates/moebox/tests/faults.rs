@@ -25,8 +25,8 @@ use std::{
 };
 
 use gateway_http::{DEADLINE, Reply, request};
-use harness::{Process, Up, free_port, moebox};
-use moebox_ledger::{Ledger, UnixSeconds, UsageFilter, UsageRecord};
+use harness::{Process, Up, free_port, moebox, records};
+use moebox_ledger::UsageRecord;
 use serde_json::{Value, json};
 
 const MODEL: &str = "tiny-moe";
@@ -169,23 +169,6 @@ impl Site {
     fn records(&self) -> HashMap<String, UsageRecord> {
         records(&self.database)
     }
-}
-
-fn records(database: &Path) -> HashMap<String, UsageRecord> {
-    Ledger::open(database)
-        .expect("the ledger opens")
-        .usage_records(
-            UnixSeconds(0),
-            UnixSeconds(4_000_000_000),
-            &UsageFilter::All,
-            None,
-            10_000,
-        )
-        .expect("records")
-        .records
-        .into_iter()
-        .map(|stored| (stored.record.request_id.clone(), stored.record))
-        .collect()
 }
 
 fn completion(max_tokens: u32, stream: bool) -> Value {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::{
+    collections::HashMap,
     ffi::OsStr,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -13,7 +14,27 @@ use std::{
     time::{Duration, Instant},
 };
 
+use moebox_ledger::{Ledger, UnixSeconds, UsageFilter, UsageRecord};
+
 use crate::gateway_http::{DEADLINE, Reply, request};
+
+/// Every usage record in the ledger at `database` (up to 10,000), by request id.
+pub fn records(database: &Path) -> HashMap<String, UsageRecord> {
+    Ledger::open(database)
+        .expect("the ledger opens")
+        .usage_records(
+            UnixSeconds(0),
+            UnixSeconds(4_000_000_000),
+            &UsageFilter::All,
+            None,
+            10_000,
+        )
+        .expect("records")
+        .records
+        .into_iter()
+        .map(|stored| (stored.record.request_id.clone(), stored.record))
+        .collect()
+}
 
 /// A port nothing listens on now (the listener is closed before it is returned).
 pub fn free_port() -> u16 {
