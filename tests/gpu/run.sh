@@ -761,6 +761,69 @@ check_bench() {
     fi
 }
 
+# The gateway in front of a CUDA engine: the latency it adds to each token, measured in pairs
+# against the engine's own socket (tests/bench/stream.py; docs/benchmarks.md, "Gateway"). On
+# the appliance the engine's work is on the GPU and the gateway has CPU cores to itself: this
+# is that set-up's figure (issue 4: p99 added < 1 ms).
+check_gateway() {
+    section "i. gateway in front of a CUDA engine: latency added per token (paired)"
+    [ -n "$BIN" ] && [ -f "$ORT_LIB" ] || { result i.gateway SKIP "no binary or no ONNX Runtime GPU library"; return; }
+    command -v python3 >/dev/null || { result i.gateway SKIP "no python3"; return; }
+    command -v curl >/dev/null || { result i.gateway SKIP "no curl"; return; }
+    in_budget i.gateway || return
+    local dir=$WORK/gateway port=18781
+    rm -rf "$dir" && mkdir -p "$dir"
+    cat >"$dir/moebox.toml" <<EOF
+# written by tests/gpu/run.sh
+[onnxruntime]
+library = "$ORT_LIB"
+
+[engine]
+model = "$FP16_MODEL"
+execution_provider = "$(real_ep cuda)"
+socket = "$dir/engine-{gpu}.sock"
+kv_budget_tokens = 4096
+max_sequence_tokens = 512
+
+[ledger]
+database = "$dir/moebox.sqlite"
+
+[gateway]
+listen = "127.0.0.1:$port"
+tls = false
+engine_count = 1
+engine_poll_interval_ms = 100
+EOF
+    local key engine gateway rc=0 i
+    key=$("$BIN" keys create --config "$dir/moebox.toml" --name gpu-bench 2>"$LOGS/gateway-keys.err" | grep -o 'mbx_[A-Za-z0-9]*' | head -1)
+    [ -n "$key" ] || { result i.gateway FAIL "keys create: $(errline "$LOGS/gateway-keys.err")"; return; }
+    env -u ORT_DYLIB_PATH MOEBOX_LOG=warn "$BIN" engine --config "$dir/moebox.toml" --gpu 0 2>"$LOGS/gateway-engine.err" &
+    engine=$!
+    MOEBOX_LOG=warn "$BIN" serve --config "$dir/moebox.toml" 2>"$LOGS/gateway-serve.err" &
+    gateway=$!
+    ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz")" = 200 ]; }
+    for i in $(seq 600); do ready && break; sleep 0.1; done
+    if ! ready; then
+        result i.gateway FAIL "not ready in 60 s: $(errline "$LOGS/gateway-engine.err") $(errline "$LOGS/gateway-serve.err")"
+    else
+        timeout -k 5 150 python3 "$REPO/tests/bench/stream.py" --engine-socket "$dir/engine-0.sock" \
+            --gateway "127.0.0.1:$port" --key "$key" --model "$(basename "$FP16_MODEL")" \
+            --clients 4 --requests 8 --max-tokens 128 --reps 1 --pairs 32 \
+            >"$LOGS/gateway-stream.txt" 2>&1 || rc=$?
+        cat "$LOGS/gateway-stream.txt"
+        local added tokens
+        added=$(sed -n 's/.*added by the gateway, gateway vs engine: //p' "$LOGS/gateway-stream.txt")
+        tokens=$(sed -n 's/^median tokens\/s: //p' "$LOGS/gateway-stream.txt")
+        if [ $rc -eq 0 ] && [ -n "$added" ]; then
+            result i.gateway PASS "added per token: $added; tokens/s $tokens"
+        else
+            result i.gateway FAIL "stream.py exit $rc: $(tail -2 "$LOGS/gateway-stream.txt" | tr '\n' ' ' | cut -c1-300)"
+        fi
+    fi
+    kill "$engine" "$gateway" 2>/dev/null
+    wait "$engine" "$gateway" 2>/dev/null
+}
+
 checks() {
     echo "moebox GPU checks: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname 2>/dev/null); repo $REPO; out $OUT"
     setup_binary
@@ -772,6 +835,7 @@ checks() {
     check_batch
     check_telemetry
     check_bench
+    check_gateway
     check_provision
     collect_logs
     summary
