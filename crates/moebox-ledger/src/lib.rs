@@ -293,6 +293,23 @@ pub(crate) fn sqlite(operation: &'static str) -> impl FnOnce(rusqlite::Error) ->
     move |cause| LedgerError::Sqlite { operation, cause }
 }
 
+/// Each counter (absent ones pass) fits SQLite's INTEGER, a signed 64-bit number; the error
+/// names the first that does not.
+pub(crate) fn check_integers<const N: usize>(
+    fields: [(&'static str, Option<u64>); N],
+) -> Result<(), LedgerError> {
+    match fields
+        .into_iter()
+        .find(|(_, value)| value.is_some_and(|v| i64::try_from(v).is_err()))
+    {
+        Some((field, _)) => Err(LedgerError::InvalidField {
+            field,
+            message: format!("must be at most {}", i64::MAX),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Why a presented key is not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {

@@ -142,16 +142,11 @@ impl TelemetrySample {
                 ));
             }
         }
-        for (field, value) in [
+        crate::check_integers([
             ("memory_used_bytes", self.memory_used_bytes),
             ("memory_total_bytes", self.memory_total_bytes),
             ("ecc_errors", self.ecc_errors),
-        ] {
-            if value.is_some_and(|v| i64::try_from(v).is_err()) {
-                return Err(invalid(field, format!("must be at most {}", i64::MAX)));
-            }
-        }
-        Ok(())
+        ])
     }
 }
 

@@ -95,17 +95,12 @@ impl UsageRecord {
                 format!("must be an HTTP status 100..=599, got {}", self.status),
             ));
         }
-        for (field, value) in [
+        crate::check_integers([
             ("prompt_tokens", Some(self.prompt_tokens)),
             ("completion_tokens", Some(self.completion_tokens)),
             ("latency_ms", Some(self.latency_ms)),
             ("time_to_first_token_ms", self.time_to_first_token_ms),
-        ] {
-            if value.is_some_and(|v| i64::try_from(v).is_err()) {
-                return Err(invalid(field, format!("must be at most {}", i64::MAX)));
-            }
-        }
-        Ok(())
+        ])
     }
 }
 
