@@ -595,6 +595,16 @@ async def sampler(up_pid: int, database: Path, t0: float, samples: list, interva
             pass
 
 
+# The memory series the report judges: report name, sample field (KiB).
+MEMORY_SERIES = (
+    ("gateway_rss", "gateway_kib"),
+    ("gateway_rss_anon", "gateway_anon_kib"),
+    ("gateway_rss_file", "gateway_file_kib"),
+    ("ledger_on_disk", "ledger_kib"),
+    ("engine_rss", "engine_kib"),
+)
+
+
 def memory_report(values: list[tuple[float, int]], warm_until: float, window: float) -> dict:
     """min/max/first/last over the run, and the drift of the last window's mean from the
     first window's mean after warm-up."""
@@ -979,21 +989,12 @@ def main(argv: list[str]) -> int:
                 "stale_keepalive_reconnects": STALE_RECONNECTS,
                 "burst_sent": stats.burst_sent,
                 "burst_ok": stats.burst_ok,
-                "gateway_rss": memory_report(
-                    [(s.t, s.gateway_kib) for s in samples if s.gateway_kib], warm_rel,
-                    args.memory_window),
-                "gateway_rss_anon": memory_report(
-                    [(s.t, s.gateway_anon_kib) for s in samples if s.gateway_anon_kib], warm_rel,
-                    args.memory_window),
-                "gateway_rss_file": memory_report(
-                    [(s.t, s.gateway_file_kib) for s in samples if s.gateway_file_kib], warm_rel,
-                    args.memory_window),
-                "ledger_on_disk": memory_report(
-                    [(s.t, s.ledger_kib) for s in samples if s.ledger_kib], warm_rel,
-                    args.memory_window),
-                "engine_rss": memory_report(
-                    [(s.t, s.engine_kib) for s in samples if s.engine_kib], warm_rel,
-                    args.memory_window),
+                **{
+                    name: memory_report(
+                        [(s.t, getattr(s, field)) for s in samples if getattr(s, field)],
+                        warm_rel, args.memory_window)
+                    for name, field in MEMORY_SERIES
+                },
                 "engine_pids": sorted(engine_pids),
                 "ledger": ledger,
                 "export": export,
