@@ -36,49 +36,82 @@ class UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-def engine_stream(args, prompt):
-    conn = UnixConnection(args.engine_socket)
+def engine_request(args, prompt):
+    """Path, headers and body of a generation straight to the engine (NDJSON events)."""
     body = json.dumps({"prompt": {"kind": "text", "value": prompt}, "max_tokens": args.max_tokens,
                        "temperature": 0.0})
-    conn.request("POST", "/v1/generate", body, {"content-type": "application/json"})
+    return "/v1/generate", {"host": "engine", "content-type": "application/json"}, body.encode()
+
+
+def gateway_request(args, prompt):
+    """Path, headers and body of the same generation through the gateway (OpenAI SSE)."""
+    body = json.dumps({"model": args.model, "prompt": prompt, "max_tokens": args.max_tokens,
+                       "temperature": 0, "stream": True,
+                       "stream_options": {"include_usage": True}})
+    return "/v1/completions", {"host": args.gateway, "content-type": "application/json",
+                               "authorization": f"Bearer {args.key}"}, body.encode()
+
+
+# One line of each path, read as (text, completion tokens or None, the stream's end). Only text
+# counts as a chunk: a token that completes no UTF-8 character yet has nothing to show, and the
+# gateway (rightly) sends no chunk for it. Counting those on one path but not the other would
+# compare one-step gaps with two-step ones.
+def engine_event(line):
+    if not line.strip():
+        return "", None, False
+    event = json.loads(line)
+    if event["event"] == "token":
+        return event["text"], None, False
+    if event["event"] == "done":
+        return "", event["usage"]["completion_tokens"], True
+    return "", None, False
+
+
+def gateway_event(line):
+    if not line.startswith(b"data: "):
+        return "", None, False
+    if line.startswith(b"data: [DONE]"):
+        return "", None, True
+    chunk = json.loads(line[6:])
+    if chunk.get("usage"):
+        return "", chunk["usage"]["completion_tokens"], False
+    return (chunk["choices"][0]["text"] if chunk["choices"] else ""), None, False
+
+
+def timed_stream(conn, request, parse):
+    """Sends one generation on `conn`; the arrival time of each text chunk, and the completion
+    tokens the stream reported."""
+    path, headers, body = request
+    conn.request("POST", path, body, headers)
     response = conn.getresponse()
     assert response.status == 200, response.read()
     times, tokens = [], 0
     for line in response:
-        event = json.loads(line)
-        # Only events that carry text: a token that completes no UTF-8 character yet has
-        # nothing to show, and the gateway (rightly) sends no chunk for it. Counting those here
-        # but not there would compare one-step gaps with two-step ones.
-        if event["event"] == "token" and event["text"]:
+        text, count, done = parse(line)
+        if text:
             times.append(time.perf_counter())
-        elif event["event"] == "done":
-            tokens = event["usage"]["completion_tokens"]
+        if count is not None:
+            tokens = count
+        if done:
             break
     conn.close()
     return times, tokens
 
 
+def engine_stream(args, prompt):
+    return timed_stream(UnixConnection(args.engine_socket), engine_request(args, prompt),
+                        engine_event)
+
+
 def gateway_stream(args, prompt):
     host, port = args.gateway.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port))
-    body = json.dumps({"model": args.model, "prompt": prompt, "max_tokens": args.max_tokens,
-                       "temperature": 0, "stream": True,
-                       "stream_options": {"include_usage": True}})
-    conn.request("POST", "/v1/completions", body, {
-        "content-type": "application/json", "authorization": f"Bearer {args.key}"})
-    response = conn.getresponse()
-    assert response.status == 200, response.read()
-    times, tokens = [], 0
-    for line in response:
-        if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
-            continue
-        chunk = json.loads(line[6:])
-        if chunk.get("usage"):
-            tokens = chunk["usage"]["completion_tokens"]
-        elif chunk["choices"] and chunk["choices"][0]["text"]:
-            times.append(time.perf_counter())
-    conn.close()
-    return times, tokens
+    return timed_stream(http.client.HTTPConnection(host, int(port)),
+                        gateway_request(args, prompt), gateway_event)
+
+
+def percentile(ordered, p):
+    """The p-quantile of an ascending list (nan when empty)."""
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else float("nan")
 
 
 def run(path, args):
@@ -100,9 +133,9 @@ def run(path, args):
         t.join()
     wall = time.perf_counter() - start
     gaps.sort()
-    pct = lambda p: gaps[min(len(gaps) - 1, int(p * len(gaps)))] * 1e3 if gaps else float("nan")
-    return {"tokens_per_s": totals[0] / wall, "tokens": totals[0], "p50_ms": pct(0.5),
-            "p99_ms": pct(0.99), "wall_s": wall}
+    return {"tokens_per_s": totals[0] / wall, "tokens": totals[0],
+            "p50_ms": percentile(gaps, 0.5) * 1e3, "p99_ms": percentile(gaps, 0.99) * 1e3,
+            "wall_s": wall}
 
 
 class PairedStream:
@@ -110,24 +143,21 @@ class PairedStream:
     body, then NDJSON (engine) or SSE (gateway) lines; the arrival time of each text piece."""
 
     def __init__(self, kind, args, prompt):
-        self.kind, self.texts, self.times, self.done = kind, [], [], False
+        self.texts, self.times, self.done = [], [], False
         self.raw, self.body, self.head, self.chunked = bytearray(), bytearray(), None, False
         if kind == "engine":
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.connect(args.engine_socket)
-            body = json.dumps({"prompt": {"kind": "text", "value": prompt},
-                               "max_tokens": args.max_tokens, "temperature": 0.0})
-            head = "POST /v1/generate HTTP/1.1\r\nhost: engine\r\n"
+            path, headers, body = engine_request(args, prompt)
+            self.parse = engine_event
         else:
             host, port = args.gateway.rsplit(":", 1)
             self.sock = socket.create_connection((host, int(port)))
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            body = json.dumps({"model": args.model, "prompt": prompt, "temperature": 0,
-                               "max_tokens": args.max_tokens, "stream": True})
-            head = (f"POST /v1/completions HTTP/1.1\r\nhost: {args.gateway}\r\n"
-                    f"authorization: Bearer {args.key}\r\n")
-        body = body.encode()
-        self.request = (head + "content-type: application/json\r\nconnection: close\r\n"
+            path, headers, body = gateway_request(args, prompt)
+            self.parse = gateway_event
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        self.request = (f"POST {path} HTTP/1.1\r\n{head}connection: close\r\n"
                         f"content-length: {len(body)}\r\n\r\n").encode() + body
 
     def send(self):
@@ -168,29 +198,18 @@ class PairedStream:
             self.line(line, now)
 
     def line(self, line, now):
-        if self.kind == "engine":
-            if not line.strip():
-                return
-            event = json.loads(line)
-            if event["event"] == "token" and event["text"]:
-                self.texts.append(event["text"])
-                self.times.append(now)
-            elif event["event"] == "done":
-                self.done = True
-        elif line.startswith(b"data: [DONE]"):
-            self.done = True
-        elif line.startswith(b"data: "):
-            chunk = json.loads(line[6:])
-            if chunk["choices"] and chunk["choices"][0]["text"]:
-                self.texts.append(chunk["choices"][0]["text"])
-                self.times.append(now)
+        text, _, done = self.parse(line)
+        if text:
+            self.texts.append(text)
+            self.times.append(now)
+        self.done = self.done or done
 
 
 def paired(args, kinds):
     """Per-token arrival differences (second kind minus first) over --pairs pairs, --clients
     pairs in flight; returns (differences in ms, pairs kept, pairs left out)."""
     selector = selectors.DefaultSelector()
-    started, finished, diffs, kept, dropped = 0, 0, [], 0, 0
+    started, diffs, kept, dropped = 0, [], 0, 0
     open_pairs = {}
 
     def start(index):
@@ -223,7 +242,6 @@ def paired(args, kinds):
             if not all(s.done for s in pair):
                 continue
             del open_pairs[index]
-            finished += 1
             first, second = pair
             # Rows computed in different runs may round differently, and a random-weight
             # model's greedy choice then drifts: compare the pieces the two streams share.
@@ -248,7 +266,7 @@ def paired(args, kinds):
 def describe(diffs):
     if not diffs:
         return "no pair in lockstep"
-    pct = lambda p: diffs[min(len(diffs) - 1, int(p * len(diffs)))]
+    pct = lambda p: percentile(diffs, p)
     return (f"p50 {pct(0.5):+.3f} ms  p90 {pct(0.9):+.3f} ms  p99 {pct(0.99):+.3f} ms  "
             f"max {diffs[-1]:+.3f} ms  ({len(diffs)} tokens)")
 
