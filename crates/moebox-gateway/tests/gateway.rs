@@ -352,14 +352,7 @@ async fn engine_refusals_keep_their_meaning() {
     )
     .await;
     let gateway = TestGateway::start(&[&engine], |_| {}).await;
-    let reply = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&gateway.user_key),
-            Some(chat_body("hi")),
-        )
-        .await;
+    let reply = gateway.chat(Some(&gateway.user_key), "hi").await;
     assert_eq!(reply.status, 400);
     let error = &reply.json()["error"];
     assert_eq!(error["code"], "context_length_exceeded");
@@ -368,14 +361,7 @@ async fn engine_refusals_keep_their_meaning() {
 
     *engine.behaviour.lock().expect("lock") =
         Behaviour::Refuse(503, refusal(ErrorCode::QueueFull, "queue full", None));
-    let reply = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&gateway.user_key),
-            Some(chat_body("hi")),
-        )
-        .await;
+    let reply = gateway.chat(Some(&gateway.user_key), "hi").await;
     assert_eq!(reply.status, 503);
     assert!(reply.headers.contains_key("retry-after"));
 }
@@ -389,14 +375,7 @@ async fn no_engine_is_503_with_retry_after_until_one_is_ready() {
     let ready = gateway.request("GET", "/readyz", None, None).await;
     assert_eq!(ready.status, 503);
     assert!(ready.headers.contains_key("retry-after"));
-    let reply = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&gateway.user_key),
-            Some(chat_body("hi")),
-        )
-        .await;
+    let reply = gateway.chat(Some(&gateway.user_key), "hi").await;
     assert_eq!(reply.status, 503, "{}", reply.text());
     assert_eq!(reply.headers.get("retry-after").expect("retry-after"), "2");
     engine.ready.store(true, Ordering::SeqCst);
@@ -405,14 +384,7 @@ async fn no_engine_is_503_with_retry_after_until_one_is_ready() {
         gateway.request("GET", "/readyz", None, None).await.status,
         200
     );
-    let reply = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&gateway.user_key),
-            Some(chat_body("hi")),
-        )
-        .await;
+    let reply = gateway.chat(Some(&gateway.user_key), "hi").await;
     assert_eq!(reply.status, 200);
 }
 
@@ -441,14 +413,7 @@ async fn a_dead_engine_fails_over_before_the_first_token() {
     healthy.stop();
     dying.stop();
     gateway.gateway.router().poll_all().await;
-    let reply = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&gateway.user_key),
-            Some(chat_body("hi")),
-        )
-        .await;
+    let reply = gateway.chat(Some(&gateway.user_key), "hi").await;
     assert_eq!(reply.status, 503);
 }
 
@@ -464,15 +429,7 @@ async fn requests_go_to_the_engine_with_less_outstanding_work() {
     for _ in 0..4 {
         let gateway = Arc::clone(&gateway);
         handles.push(tokio::spawn(async move {
-            gateway
-                .request(
-                    "POST",
-                    "/v1/chat/completions",
-                    Some(&gateway.user_key),
-                    Some(chat_body("x")),
-                )
-                .await
-                .status
+            gateway.chat(Some(&gateway.user_key), "x").await.status
         }));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -524,38 +481,14 @@ async fn per_key_concurrency_is_capped() {
     );
     let first = {
         let gateway = Arc::clone(&gateway);
-        tokio::spawn(async move {
-            gateway
-                .request(
-                    "POST",
-                    "/v1/chat/completions",
-                    Some(&gateway.user_key),
-                    Some(chat_body("x")),
-                )
-                .await
-                .status
-        })
+        tokio::spawn(async move { gateway.chat(Some(&gateway.user_key), "x").await.status })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let second = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&gateway.user_key),
-            Some(chat_body("x")),
-        )
-        .await;
+    let second = gateway.chat(Some(&gateway.user_key), "x").await;
     assert_eq!(second.status, 429);
     assert_eq!(second.json()["error"]["type"], "rate_limit_error");
     assert!(second.headers.contains_key("retry-after"));
-    let other_key = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&gateway.admin_key),
-            Some(chat_body("x")),
-        )
-        .await;
+    let other_key = gateway.chat(Some(&gateway.admin_key), "x").await;
     assert_eq!(other_key.status, 200, "another key is not slowed");
     assert_eq!(first.await.expect("joined"), 200);
 }
@@ -696,14 +629,7 @@ async fn quiet_streams_get_keepalive_comments_and_deadlines_cut_generations() {
     let last: serde_json::Value =
         serde_json::from_str(data.last().expect("an event")).expect("JSON");
     assert_eq!(last["error"]["code"], "timeout", "{data:?}");
-    let reply = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&gateway.user_key),
-            Some(chat_body("hi")),
-        )
-        .await;
+    let reply = gateway.chat(Some(&gateway.user_key), "hi").await;
     assert_eq!(reply.status, 504);
     assert_eq!(reply.json()["error"]["type"], "server_error");
     // The cut generations were cancelled in the engine.
@@ -860,24 +786,10 @@ async fn per_key_rate_limits_answer_429_with_retry_after() {
         .expect("key");
     let key = limited.key.expose().to_owned();
     for _ in 0..2 {
-        let reply = gateway
-            .request(
-                "POST",
-                "/v1/chat/completions",
-                Some(&key),
-                Some(chat_body("hi")),
-            )
-            .await;
+        let reply = gateway.chat(Some(&key), "hi").await;
         assert_eq!(reply.status, 200, "{}", reply.text());
     }
-    let refused = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&key),
-            Some(chat_body("hi")),
-        )
-        .await;
+    let refused = gateway.chat(Some(&key), "hi").await;
     assert_eq!(refused.status, 429);
     assert_eq!(refused.json()["error"]["code"], "rate_limit_exceeded");
     assert!(
@@ -890,14 +802,7 @@ async fn per_key_rate_limits_answer_429_with_retry_after() {
         "30"
     );
     // Another key is unaffected, and the server goes on.
-    let other = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&gateway.user_key),
-            Some(chat_body("hi")),
-        )
-        .await;
+    let other = gateway.chat(Some(&gateway.user_key), "hi").await;
     assert_eq!(other.status, 200);
 
     let mut tokens = moebox_ledger::NewKey::new("tokens", moebox_ledger::Scope::User);
@@ -907,23 +812,9 @@ async fn per_key_rate_limits_answer_429_with_retry_after() {
         .create_key(&tokens, UnixSeconds::now())
         .expect("key");
     let key = tokens.key.expose().to_owned();
-    let first = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&key),
-            Some(chat_body("hi")),
-        )
-        .await;
+    let first = gateway.chat(Some(&key), "hi").await;
     assert_eq!(first.status, 200, "the first request runs on a full bucket");
-    let second = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&key),
-            Some(chat_body("hi")),
-        )
-        .await;
+    let second = gateway.chat(Some(&key), "hi").await;
     assert_eq!(second.status, 429, "{}", second.text());
     assert!(
         second.text().contains("tokens per minute"),
@@ -1010,14 +901,7 @@ async fn admin_api_creates_lists_and_revokes_keys() {
     assert_eq!(json["requests_per_minute"], 30);
     let id = json["id"].as_i64().expect("id");
 
-    let served = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&key),
-            Some(chat_body("hi")),
-        )
-        .await;
+    let served = gateway.chat(Some(&key), "hi").await;
     assert_eq!(served.status, 200);
 
     let listed = gateway.request("GET", "/admin/keys", admin, None).await;
@@ -1036,14 +920,7 @@ async fn admin_api_creates_lists_and_revokes_keys() {
         .request("DELETE", &format!("/admin/keys/{id}"), admin, None)
         .await;
     assert_eq!(revoked.status, 200, "{}", revoked.text());
-    let refused = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&key),
-            Some(chat_body("hi")),
-        )
-        .await;
+    let refused = gateway.chat(Some(&key), "hi").await;
     assert_eq!(refused.status, 401);
     assert_eq!(refused.json()["error"]["code"], "revoked_api_key");
 
@@ -1123,14 +1000,7 @@ async fn every_request_leaves_a_usage_record() {
     };
     let (tax_id, tax) = key("tax-bot", "tax");
     let (_, audit) = key("audit-bot", "audit");
-    let whole = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&tax),
-            Some(chat_body("hi")),
-        )
-        .await;
+    let whole = gateway.chat(Some(&tax), "hi").await;
     assert_eq!(whole.status, 200);
     let mut streamed = chat_body("hi");
     streamed["stream"] = true.into();
@@ -1186,14 +1056,7 @@ async fn every_request_leaves_a_usage_record() {
             Some("temperature"),
         ),
     );
-    let refused = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&tax),
-            Some(chat_body("hi")),
-        )
-        .await;
+    let refused = gateway.chat(Some(&tax), "hi").await;
     assert_eq!(refused.status, 400);
     let tax_records = gateway
         .ledger
@@ -1219,9 +1082,7 @@ async fn every_request_leaves_a_usage_record() {
         refused_record.request_id.as_str()
     );
     // A request refused before admission has no record, but still an id for the logs.
-    let unauthenticated = gateway
-        .request("POST", "/v1/chat/completions", None, Some(chat_body("hi")))
-        .await;
+    let unauthenticated = gateway.chat(None, "hi").await;
     assert_eq!(unauthenticated.status, 401);
     let id = unauthenticated
         .headers
@@ -1247,24 +1108,10 @@ async fn a_spent_monthly_budget_answers_429_until_the_month_turns() {
         .to_owned();
     // 6 tokens per request: the second passes at 6 used, the third finds 12 ≥ 10.
     for _ in 0..2 {
-        let reply = gateway
-            .request(
-                "POST",
-                "/v1/chat/completions",
-                Some(&key),
-                Some(chat_body("hi")),
-            )
-            .await;
+        let reply = gateway.chat(Some(&key), "hi").await;
         assert_eq!(reply.status, 200, "{}", reply.text());
     }
-    let spent = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&key),
-            Some(chat_body("hi")),
-        )
-        .await;
+    let spent = gateway.chat(Some(&key), "hi").await;
     assert_eq!(spent.status, 429, "{}", spent.text());
     assert_eq!(spent.json()["error"]["code"], "insufficient_quota");
     assert!(
@@ -1272,14 +1119,7 @@ async fn a_spent_monthly_budget_answers_429_until_the_month_turns() {
         "{}",
         spent.text()
     );
-    let other = gateway
-        .request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&gateway.user_key),
-            Some(chat_body("hi")),
-        )
-        .await;
+    let other = gateway.chat(Some(&gateway.user_key), "hi").await;
     assert_eq!(other.status, 200, "other keys are unaffected");
 }
 
@@ -1315,14 +1155,7 @@ async fn admin_pages_sign_in_with_a_form_and_exports_agree_with_the_ledger() {
             .expose()
             .to_owned();
         for _ in 0..requests {
-            let reply = gateway
-                .request(
-                    "POST",
-                    "/v1/chat/completions",
-                    Some(&key),
-                    Some(chat_body("hi")),
-                )
-                .await;
+            let reply = gateway.chat(Some(&key), "hi").await;
             assert_eq!(reply.status, 200);
         }
     }

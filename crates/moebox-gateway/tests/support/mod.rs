@@ -296,6 +296,17 @@ impl TestGateway {
         self.raw(method, path, key, body).await
     }
 
+    /// `POST /v1/chat/completions` of [`chat_body`]`(content)`.
+    pub async fn chat(&self, key: Option<&str>, content: &str) -> Reply {
+        self.request(
+            "POST",
+            "/v1/chat/completions",
+            key,
+            Some(chat_body(content)),
+        )
+        .await
+    }
+
     pub async fn raw(&self, method: &str, path: &str, key: Option<&str>, body: Vec<u8>) -> Reply {
         read(self.send(method, path, key, body).await).await
     }
